@@ -162,9 +162,7 @@ class EmbeddedRedis:
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
-            log.warning(
-                "embedded redis pid %s ignored SIGTERM for %ss; killing it", process.pid, timeout
-            )
+            log.warning("embedded redis pid %s ignored SIGTERM for %ss; killing it", process.pid, timeout)
             process.kill()
             process.wait()
 
@@ -303,9 +301,7 @@ def _unprivileged_user(name: str) -> pwd.struct_passwd:
     if created.returncode == 0:
         log.info("created system user %r to run the embedded PostgreSQL (it refuses root)", name)
         return pwd.getpwnam(name)
-    log.warning(
-        "could not create user %r (%s); running PostgreSQL as nobody", name, created.stderr.strip()
-    )
+    log.warning("could not create user %r (%s); running PostgreSQL as nobody", name, created.stderr.strip())
     return pwd.getpwnam("nobody")
 
 
@@ -336,8 +332,10 @@ class EmbeddedPostgres:
         database: str = "intentflow",
         port: int | None = None,
         system_user: str = POSTGRES_SYSTEM_USER,
+        bin_dir: Path | None = None,
     ) -> None:
         self.pgdata = Path(data_dir).resolve() / "postgres"
+        self._bin_dir = bin_dir
         self.database = database
         self._fixed_port = port
         self._system_user_name = system_user
@@ -381,7 +379,7 @@ class EmbeddedPostgres:
         if self._port is not None and self.pid is not None:
             return self.url
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._bin = _choose_postgres_bin(self.pgdata)
+        self._bin = self._bin_dir or _choose_postgres_bin(self.pgdata)
         if os.geteuid() == 0:
             self._user = _unprivileged_user(self._system_user_name)
             _let_others_traverse(self._bin)
@@ -438,7 +436,7 @@ class EmbeddedPostgres:
         if self.pid is None:
             return
         if self._bin is None:
-            self._bin = _choose_postgres_bin(self.pgdata)
+            self._bin = self._bin_dir or _choose_postgres_bin(self.pgdata)
         if self._user is None and os.geteuid() == 0:
             self._user = _unprivileged_user(self._system_user_name)
         stopped = self._pg_ctl(
@@ -446,9 +444,7 @@ class EmbeddedPostgres:
         )
         pid = self.pid
         if stopped.returncode != 0 and pid is not None:
-            log.warning(
-                "pg_ctl stop failed (%s); sending SIGQUIT to pid %s", stopped.stderr.strip(), pid
-            )
+            log.warning("pg_ctl stop failed (%s); sending SIGQUIT to pid %s", stopped.stderr.strip(), pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGQUIT)
 
@@ -489,22 +485,14 @@ class EmbeddedPostgres:
             timeout=60,
         )  # fmt: skip
         if result.returncode != 0:
-            raise EmbeddedServerError(
-                f"psql failed on {self.pgdata} ({sql}): {result.stderr.strip()}"
-            )
+            raise EmbeddedServerError(f"psql failed on {self.pgdata} ({sql}): {result.stderr.strip()}")
         return result.stdout
 
-    def _pg_ctl(
-        self, *args: str, timeout: float, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
+    def _pg_ctl(self, *args: str, timeout: float, check: bool = True) -> subprocess.CompletedProcess[str]:
         assert self._bin is not None
-        result = self._run(
-            [str(self._bin / "pg_ctl"), "-D", str(self.pgdata), *args], timeout=timeout
-        )
+        result = self._run([str(self._bin / "pg_ctl"), "-D", str(self.pgdata), *args], timeout=timeout)
         if check and result.returncode != 0:
-            raise EmbeddedServerError(
-                f"pg_ctl {args[0]} failed on {self.pgdata}: {result.stderr.strip()}"
-            )
+            raise EmbeddedServerError(f"pg_ctl {args[0]} failed on {self.pgdata}: {result.stderr.strip()}")
         return result
 
     def _run(self, args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
