@@ -1,0 +1,1 @@
+"""Signal monitor: strategies over market data, the TradingView webhook, and the gates."""
