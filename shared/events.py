@@ -95,7 +95,9 @@ def _parse_price(value: Any) -> Decimal:
     try:
         price = Decimal(value.strip()) if isinstance(value, str) else value
     except InvalidOperation:
-        raise ValueError(f"price must be a decimal number such as 43210.5, not {value!r:.40}") from None
+        raise ValueError(
+            f"price must be a decimal number such as 43210.5, not {value!r:.40}"
+        ) from None
     if not price.is_finite():
         raise ValueError("price must be finite (not NaN or infinity)")
     if price <= 0:
@@ -138,7 +140,7 @@ class SignalEmitted(_Event):
     strategy: str = "manual"
     source: Source = Source.MANUAL
     emitted_at: AwareDatetime = Field(default_factory=utcnow)
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
 
     @field_validator("symbol")
     @classmethod
@@ -178,7 +180,7 @@ class OrderDecided(_Event):
     reason_message: str
     exchange_order_id: str | None = None
     decided_at: AwareDatetime = Field(default_factory=utcnow)
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
 
 
 class DeadLetter(_Event):
@@ -193,7 +195,7 @@ class DeadLetter(_Event):
     fields: dict[str, str]
     signal_id: str | None = None
     dead_at: AwareDatetime = Field(default_factory=utcnow)
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
 
 
 def field_errors(exc: Exception) -> list[dict[str, str]]:

@@ -1,0 +1,393 @@
+"""The stream consumer every service uses: groups, ack after commit, claim, dead-letter.
+
+Why our own loop on redis-py rather than FastStream's subscriber: in FastStream 0.7
+a nacked Redis stream entry stays pending with nothing to redeliver it, its claiming
+subscriber never reads new entries, and a lost consumer group stops the app. This
+product needs all three, so one small loop does them explicitly:
+
+* read new entries with XREADGROUP (COUNT bounded by CONSUMER_BATCH_SIZE);
+* decode each into its event model; an entry that fails validation goes to
+  `dead-letter` with the reason and is acknowledged at once;
+* hand the valid ones to the handler as one batch; acknowledge them (one XACK)
+  only after the handler returns, i.e. after its effects are committed;
+* a transient failure (Redis/PostgreSQL unreachable, or the handler raising
+  RetryLater) is retried in place with backoff, uncounted; any other failure
+  leaves the entry pending, where a claim round (this consumer or another)
+  takes it once idle longer than CLAIM_IDLE_MS; an entry delivered
+  MAX_DELIVERIES times goes to `dead-letter`;
+* a lost group (Redis restarted without its data) is recreated, reading from 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+from pydantic import BaseModel, ValidationError
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from shared.events import DeadLetter
+from shared.logging import get_logger
+from shared.settings import ConsumerSettings
+from shared.streams import EVENT_FIELD, encode_entry
+
+E = TypeVar("E", bound=BaseModel)
+log = get_logger("intentflow.consumer")
+
+
+class RetryLater(Exception):
+    """Raised by a handler when its failure is transient: retry in place, do not count it."""
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RetryLater,
+    OSError,
+    asyncio.TimeoutError,
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Tell whether a failure is an outage (retry, uncounted) rather than a bad entry."""
+    if isinstance(exc, redis_errors.ResponseError) and "READONLY" in str(exc):
+        return True
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def consumer_name(service: str) -> str:
+    """Name this process's consumer uniquely and recognisably: service-host-pid-random."""
+    return f"{service}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class Delivery(Generic[E]):
+    """One entry handed to a handler: its id, its decoded event, how often it was delivered."""
+
+    entry_id: str
+    event: E
+    deliveries: int = 1
+
+
+Handler = Callable[[list[Delivery[E]]], Awaitable[Collection[str] | None]]
+"""Handle a batch with its effects committed; return ids to leave pending (retried later), or None."""
+
+
+@dataclass
+class ConsumerHealth:
+    """What readiness reports: is the consumer connected, and what failed last."""
+
+    connected: bool = False
+    last_error: str | None = None
+    processed: int = 0
+    dead_lettered: int = 0
+    claimed: int = 0
+    last_ok: float = field(default_factory=time.monotonic)
+
+
+async def publish(
+    redis: Redis, stream_key: str, event: BaseModel, *, maxlen: int | None = None
+) -> str:
+    """XADD one event as a JSON entry; return the entry id."""
+    entry_id = await redis.xadd(
+        stream_key,
+        encode_entry(event),  # type: ignore[arg-type]
+        maxlen=maxlen,
+        approximate=True,
+    )
+    return str(entry_id)
+
+
+async def ensure_group(redis: Redis, stream_key: str, group: str) -> None:
+    """Create the consumer group (and the stream) if missing, reading from the start."""
+    try:
+        await redis.xgroup_create(stream_key, group, id="0", mkstream=True)
+    except redis_errors.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _signal_id_of(fields: dict[str, str] | None) -> str | None:
+    if not fields:
+        return None
+    try:
+        data = json.loads(fields.get(EVENT_FIELD, ""))
+    except (TypeError, ValueError):
+        return None
+    value = data.get("signal_id") if isinstance(data, dict) else None
+    return str(value)[:64] if value is not None else None
+
+
+class StreamConsumer(Generic[E]):
+    """Consume one stream in one group with one handler, until told to stop."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        stream: str,
+        group: str,
+        model: type[E],
+        handler: Handler[E],
+        dead_letter: str,
+        settings: ConsumerSettings,
+        name: str | None = None,
+        health: ConsumerHealth | None = None,
+        dead_letter_maxlen: int | None = None,
+    ) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self.model = model
+        self.handler = handler
+        self.dead_letter = dead_letter
+        self.settings = settings
+        self.name = name or consumer_name(group)
+        self.health = health or ConsumerHealth()
+        self.dead_letter_maxlen = dead_letter_maxlen
+        self._claim_every = max(0.05, min(settings.claim_idle_ms / 2000, 5.0))
+        self.log = log.bind(stream=stream, group=group, consumer=self.name)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Read, handle, acknowledge and claim until stop is set; survive outages."""
+        backoff = 0.1
+        next_claim = 0.0
+        group_ready = False
+        while not stop.is_set():
+            try:
+                if not group_ready:
+                    await ensure_group(self.redis, self.stream, self.group)
+                    group_ready = True
+                if time.monotonic() >= next_claim:
+                    await self.claim_round(stop)
+                    next_claim = time.monotonic() + self._claim_every
+                response: Any = await self.redis.xreadgroup(
+                    self.group,
+                    self.name,
+                    {self.stream: ">"},
+                    count=self.settings.batch_size,
+                    block=self.settings.block_ms,
+                )
+                self._mark_ok()
+                backoff = 0.1
+                entries = response[0][1] if response else []
+                if entries:
+                    await self.process(entries, {}, stop)
+            except redis_errors.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    self.log.warning("consumer group missing, recreating it")
+                    group_ready = False
+                    continue
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self._mark_down(exc)
+                self.log.warning(
+                    "redis unreachable, retrying", error=type(exc).__name__, delay_s=backoff
+                )
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 5.0)
+                group_ready = False
+
+    def _mark_ok(self) -> None:
+        self.health.connected = True
+        self.health.last_ok = time.monotonic()
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self.health.connected = False
+        self.health.last_error = f"{type(exc).__name__}: {exc}"[:300]
+
+    async def process(
+        self,
+        entries: Sequence[tuple[str, dict[str, str] | None]],
+        deliveries: dict[str, int],
+        stop: asyncio.Event,
+    ) -> None:
+        """Decode entries, dead-letter the invalid ones, hand the rest to the handler, ack."""
+        valid: list[Delivery[E]] = []
+        dead: list[tuple[str, dict[str, str], str, int]] = []
+        for entry_id, fields in entries:
+            count = deliveries.get(entry_id, 1)
+            if fields is None:
+                continue
+            raw = fields.get(EVENT_FIELD)
+            if raw is None:
+                dead.append((entry_id, fields, f"entry has no '{EVENT_FIELD}' field", count))
+                continue
+            try:
+                event = self.model.model_validate_json(raw)
+            except ValidationError as exc:
+                reason = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}"
+                    for e in exc.errors(include_url=False)
+                )
+                dead.append((entry_id, fields, f"invalid {self.model.__name__}: {reason}", count))
+                continue
+            valid.append(Delivery(entry_id, event, count))
+        if dead:
+            await self.send_to_dead_letter(dead, stop)
+        if valid:
+            await self._handle(valid, stop)
+
+    async def _handle(self, batch: list[Delivery[E]], stop: asyncio.Event) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                keep = await self.handler(batch)
+            except Exception as exc:
+                if is_transient(exc):
+                    self._mark_down(exc)
+                    if stop.is_set():
+                        self.log.info("stopping with entries unacknowledged", entries=len(batch))
+                        return
+                    self.log.warning(
+                        "transient failure, retrying", error=type(exc).__name__, delay_s=backoff
+                    )
+                    await _sleep_or_stop(stop, backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                if len(batch) > 1:
+                    self.log.warning(
+                        "batch failed, retrying its entries one by one", error=repr(exc)[:300]
+                    )
+                    for delivery in batch:
+                        await self._handle([delivery], stop)
+                    return
+                self.log.error(
+                    "entry failed; it stays pending and is retried after CLAIM_IDLE_MS",
+                    entry_id=batch[0].entry_id,
+                    signal_id=str(getattr(batch[0].event, "signal_id", "")) or None,
+                    deliveries=batch[0].deliveries,
+                    error=repr(exc)[:500],
+                )
+                return
+            done = [d.entry_id for d in batch if not keep or d.entry_id not in keep]
+            if done:
+                await self._ack(done, stop)
+            self.health.processed += len(done)
+            return
+
+    async def _ack(self, ids: list[str], stop: asyncio.Event) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self.redis.xack(self.stream, self.group, *ids)
+                return
+            except Exception as exc:
+                if not is_transient(exc) or stop.is_set():
+                    raise
+                self._mark_down(exc)
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def send_to_dead_letter(
+        self, dead: Sequence[tuple[str, dict[str, str], str, int]], stop: asyncio.Event
+    ) -> None:
+        """Record each entry in `dead-letter` with its reason, then acknowledge it."""
+        backoff = 0.1
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    for entry_id, fields, reason, count in dead:
+                        letter = DeadLetter(
+                            stream=self.stream,
+                            entry_id=entry_id,
+                            group=self.group,
+                            error=reason[:2000],
+                            deliveries=count,
+                            fields={str(k): str(v)[:65536] for k, v in fields.items()},
+                            signal_id=_signal_id_of(fields),
+                        )
+                        pipe.xadd(
+                            self.dead_letter,
+                            encode_entry(letter),  # type: ignore[arg-type]
+                            maxlen=self.dead_letter_maxlen,
+                            approximate=True,
+                        )
+                    pipe.xack(self.stream, self.group, *[d[0] for d in dead])
+                    await pipe.execute()
+                break
+            except Exception as exc:
+                if not is_transient(exc) or stop.is_set():
+                    raise
+                self._mark_down(exc)
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 5.0)
+        self.health.dead_lettered += len(dead)
+        for entry_id, fields, reason, count in dead:
+            self.log.error(
+                "entry sent to dead-letter",
+                entry_id=entry_id,
+                signal_id=_signal_id_of(fields),
+                reason=reason[:500],
+                deliveries=count,
+            )
+
+    async def claim_round(self, stop: asyncio.Event) -> int:
+        """Claim entries idle longer than CLAIM_IDLE_MS; dead-letter the over-delivered; process the rest."""
+        idle = self.settings.claim_idle_ms
+        pending: Any = await self.redis.xpending_range(
+            self.stream, self.group, min="-", max="+", count=self.settings.batch_size, idle=idle
+        )
+        if not pending:
+            await self._forget_dead_consumers()
+            return 0
+        previous = {str(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        claimed: Any = await self.redis.xclaim(
+            self.stream, self.group, self.name, min_idle_time=idle, message_ids=list(previous)
+        )
+        over: list[tuple[str, dict[str, str], str, int]] = []
+        retry: list[tuple[str, dict[str, str] | None]] = []
+        present = set()
+        for entry_id, fields in claimed:
+            present.add(entry_id)
+            if fields is None:
+                continue
+            if previous.get(entry_id, 0) >= self.settings.max_deliveries:
+                reason = f"delivered {previous[entry_id]} times without success (MAX_DELIVERIES)"
+                over.append((entry_id, fields, reason, previous[entry_id]))
+            else:
+                retry.append((entry_id, fields))
+        gone = [i for i in previous if i not in present]
+        if gone:
+            await self.redis.xack(self.stream, self.group, *gone)
+        if over:
+            await self.send_to_dead_letter(over, stop)
+        if retry:
+            self.health.claimed += len(retry)
+            self.log.info("claimed idle entries", entries=len(retry))
+            await self.process(retry, {i: previous.get(i, 0) + 1 for i, _ in retry}, stop)
+        return len(retry) + len(over)
+
+    async def _forget_dead_consumers(self) -> None:
+        threshold = max(self.settings.claim_idle_ms * 2, 10_000)
+        for info in await self.redis.xinfo_consumers(self.stream, self.group):
+            name = str(info.get("name"))
+            if name == self.name or int(info.get("pending", 0)) > 0:
+                continue
+            if int(info.get("idle", 0)) > threshold:
+                await self.redis.xgroup_delconsumer(self.stream, self.group, name)
+                self.log.info("removed dead consumer", dead_consumer=name)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass

@@ -1,0 +1,104 @@
+"""PostgreSQL access: the asyncpg pool, migrations, and the schema check services start with."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database schema is older than this code; `intentflow migrate` fixes it."""
+
+
+def async_sqlalchemy_url(url: str) -> str:
+    """Turn a postgresql:// URL into SQLAlchemy's asyncpg form."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError("DATABASE_URL must start with postgresql://")
+
+
+def _alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", async_sqlalchemy_url(url).replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str:
+    """Return the newest migration revision this code ships."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    head = script.get_current_head()
+    assert head is not None
+    return head
+
+
+def migrate(url: str) -> str:
+    """Bring the schema to the newest revision (blocking); return that revision."""
+    from alembic import command
+
+    command.upgrade(_alembic_config(url), "head")
+    return head_revision()
+
+
+async def current_revision(conn: asyncpg.Connection | asyncpg.Pool) -> str | None:
+    """Return the database's migration revision, or None before the first migration."""
+    exists = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
+    if not exists:
+        return None
+    value = await conn.fetchval("SELECT version_num FROM alembic_version LIMIT 1")
+    return str(value) if value is not None else None
+
+
+async def require_schema(pool: asyncpg.Pool) -> str:
+    """Raise SchemaOutOfDate unless the database is at this code's newest revision."""
+    head = head_revision()
+    current = await current_revision(pool)
+    if current != head:
+        raise SchemaOutOfDate(
+            f"database schema is at {current or 'no revision'}, this code needs {head}: "
+            "run `intentflow migrate` first"
+        )
+    return current
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
+    """Open an asyncpg pool; JSONB columns map to Python objects."""
+    pool = await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+    )
+    assert pool is not None
+    return pool
+
+
+async def wait_for_pool(
+    url: str, *, stop: asyncio.Event | None = None, log: Any = None
+) -> asyncpg.Pool:
+    """Open a pool, retrying with backoff while PostgreSQL is unreachable."""
+    delay = 0.2
+    while True:
+        try:
+            return await create_pool(url)
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            if stop is not None and stop.is_set():
+                raise
+            if log is not None:
+                log.warning(
+                    "postgres unreachable, retrying", error=type(exc).__name__, delay_s=delay
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -1,0 +1,137 @@
+"""The tables of record (§4), as SQLModel classes; alembic migrations create them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Numeric,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlmodel import Field, SQLModel
+
+NUMERIC = Numeric(38, 18)
+
+
+def _ts(nullable: bool = False, default: bool = True) -> Any:
+    return Column(
+        DateTime(timezone=True),
+        nullable=nullable,
+        server_default=func.now() if default else None,
+    )
+
+
+class OrderIntent(SQLModel, table=True):
+    """One order intent per signal, with its decision."""
+
+    __tablename__ = "order_intents"
+    __table_args__ = (
+        Index("ix_order_intents_dedup", "symbol", "side", "strategy", "emitted_at"),
+        Index("ix_order_intents_created_at", "created_at"),
+    )
+
+    id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), primary_key=True))
+    signal_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False, unique=True))
+    idempotency_key: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    symbol: str = Field(sa_column=Column(String(32), nullable=False))
+    side: str = Field(sa_column=Column(String(4), nullable=False))
+    strategy: str = Field(sa_column=Column(String(64), nullable=False))
+    source: str = Field(sa_column=Column(String(16), nullable=False, server_default="manual"))
+    price: Decimal = Field(sa_column=Column(NUMERIC, nullable=False))
+    quantity: Decimal | None = Field(default=None, sa_column=Column(NUMERIC, nullable=True))
+    status: str = Field(sa_column=Column(String(32), nullable=False))
+    decision_type: str | None = Field(default=None, sa_column=Column(String(16)))
+    reason_code: str | None = Field(default=None, sa_column=Column(String(64)))
+    reason_message: str | None = Field(default=None, sa_column=Column(Text))
+    exchange_order_id: str | None = Field(default=None, sa_column=Column(String(128)))
+    error_message: str | None = Field(default=None, sa_column=Column(Text))
+    emitted_at: datetime = Field(sa_column=_ts(default=False))
+    decided_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True, default=False))
+    created_at: datetime = Field(sa_column=_ts())
+    updated_at: datetime = Field(sa_column=_ts())
+
+
+class TelegramMessage(SQLModel, table=True):
+    """Every Telegram message the system sent or tried to send."""
+
+    __tablename__ = "telegram_messages"
+    __table_args__ = (
+        Index(
+            "ux_telegram_messages_signal_kind",
+            "signal_id",
+            "kind",
+            unique=True,
+            postgresql_where=text("kind IN ('SIGNAL', 'ORDER_FAILED')"),
+        ),
+        Index("ix_telegram_messages_timestamp", "timestamp"),
+    )
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
+    )
+    signal_id: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
+    kind: str = Field(sa_column=Column(String(32), nullable=False))
+    chat_id: str = Field(sa_column=Column(String(64), nullable=False))
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    symbol: str | None = Field(default=None, sa_column=Column(String(32)))
+    blocked: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default="false")
+    )
+    telegram_message_id: int | None = Field(default=None, sa_column=Column(BigInteger))
+    timestamp: datetime = Field(sa_column=_ts())
+    decision_type: str | None = Field(default=None, sa_column=Column(String(16)))
+    reason_code: str | None = Field(default=None, sa_column=Column(String(64)))
+    reason_message: str | None = Field(default=None, sa_column=Column(Text))
+    context_json: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+
+
+class PaperBalance(SQLModel, table=True):
+    """The paper exchange's balance of one asset."""
+
+    __tablename__ = "paper_balances"
+
+    asset: str = Field(sa_column=Column(String(16), primary_key=True))
+    amount: Decimal = Field(sa_column=Column(NUMERIC, nullable=False))
+    updated_at: datetime = Field(sa_column=_ts())
+
+
+class PaperOrder(SQLModel, table=True):
+    """An order the paper exchange filled; one per client order id."""
+
+    __tablename__ = "paper_orders"
+
+    id: str = Field(sa_column=Column(String(64), primary_key=True))
+    client_order_id: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    symbol: str = Field(sa_column=Column(String(32), nullable=False))
+    side: str = Field(sa_column=Column(String(4), nullable=False))
+    price: Decimal = Field(sa_column=Column(NUMERIC, nullable=False))
+    quantity: Decimal = Field(sa_column=Column(NUMERIC, nullable=False))
+    quote_amount: Decimal = Field(sa_column=Column(NUMERIC, nullable=False))
+    created_at: datetime = Field(sa_column=_ts())
+
+
+class ControlFlag(SQLModel, table=True):
+    """A runtime switch (the brake), with who set it and when."""
+
+    __tablename__ = "control_flags"
+
+    name: str = Field(sa_column=Column(String(64), primary_key=True))
+    enabled: bool = Field(sa_column=Column(Boolean, nullable=False))
+    changed_by: str = Field(sa_column=Column(String(128), nullable=False))
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    changed_at: datetime = Field(sa_column=_ts())
+
+
+metadata = SQLModel.metadata

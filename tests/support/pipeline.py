@@ -1,0 +1,66 @@
+"""Helpers to drive services in-process in integration tests: run, publish, read back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+
+from shared.events import SignalEmitted
+from shared.streams import EVENT_FIELD, encode_entry
+
+
+class Runnable(Protocol):
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+@contextlib.asynccontextmanager
+async def running(app: Runnable) -> AsyncIterator[asyncio.Task[None]]:
+    """Run a service app in a task; stop it (as SIGTERM would) and surface its errors on exit."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=15)
+
+
+def signal(
+    symbol: str = "BTC_USDT",
+    side: str = "BUY",
+    price: str = "50000",
+    strategy: str | None = None,
+    *,
+    ago: float = 0.0,
+    signal_id: uuid.UUID | None = None,
+) -> SignalEmitted:
+    """A valid signal with a fresh id (and a unique strategy unless one is given)."""
+    return SignalEmitted.model_validate(
+        {
+            "signal_id": signal_id or uuid.uuid4(),
+            "symbol": symbol,
+            "side": side,
+            "price": price,
+            "strategy": strategy or f"test:{uuid.uuid4().hex[:8]}",
+            "source": "manual",
+            "emitted_at": datetime.now(UTC) - timedelta(seconds=ago),
+        }
+    )
+
+
+async def xadd(redis: Redis, stream: str, event: SignalEmitted) -> str:
+    """Append an event as a raw entry (no publish-once guard), as a redelivery would."""
+    fields: Any = encode_entry(event)
+    return str(await redis.xadd(stream, fields))
+
+
+async def events(redis: Redis, stream: str) -> list[dict[str, Any]]:
+    """Decode every entry of a stream the way any Redis client can."""
+    return [json.loads(fields[EVENT_FIELD]) for _, fields in await redis.xrange(stream, "-", "+")]
