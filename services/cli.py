@@ -220,6 +220,31 @@ async def _tail(settings: Settings, stream: str, from_start: bool, count: int | 
         await redis.aclose()
 
 
+COMMAND_MODULES = (
+    "services.telegram_sandbox.commands",
+    "services.diagnostics.commands",
+    "services.signal_monitor.commands",
+    "services.notifier.commands",
+    "services.orchestrator.commands",
+    "services.up.commands",
+)
+
+
+def _register_commands() -> None:
+    """Attach the commands each room keeps beside its code (each module has register(app))."""
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module_name.startswith(exc.name):
+                raise
+            continue
+        module.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Entry point of the `intentflow` console script."""
     app()

@@ -43,7 +43,13 @@ async def _run_one(make_settings, pool, redis, names, sig, **env: Any) -> tuple[
     [
         ({}, {"side": "BUY"}, "ORDER_PLACED", "EXECUTED", "ORDER_PLACED"),
         ({}, {"side": "SELL"}, "ORDER_FAILED", "FAILED", "INSUFFICIENT_FUNDS"),
-        ({"PAPER_REJECT_SYMBOLS": "DOGE_USDT"}, {"symbol": "DOGE_USDT"}, "ORDER_FAILED", "FAILED", "INVALID_ORDER"),
+        (
+            {"PAPER_REJECT_SYMBOLS": "DOGE_USDT"},
+            {"symbol": "DOGE_USDT"},
+            "ORDER_FAILED",
+            "FAILED",
+            "INVALID_ORDER",
+        ),
         ({"PAPER_BALANCES": "USDT=10"}, {"side": "BUY"}, "ORDER_FAILED", "FAILED", "INSUFFICIENT_FUNDS"),
         ({"TRADING_MODE": "off"}, {}, "BLOCKED_LIVE_TRADING", "SKIPPED", "ORDER_BLOCKED_LIVE_TRADING"),
     ],
@@ -84,7 +90,9 @@ async def test_a_duplicate_inside_the_window_is_skipped(make_settings, pool, red
     assert (await _intent(pool, first.signal_id))["status"] == "ORDER_PLACED"
 
 
-async def test_outside_the_window_or_another_side_is_not_a_duplicate(make_settings, pool, redis, names) -> None:
+async def test_outside_the_window_or_another_side_is_not_a_duplicate(
+    make_settings, pool, redis, names
+) -> None:
     old = signal(strategy="dup:window", ago=90)
     new = signal(strategy="dup:window")
     other_side = signal(strategy="dup:window", side="SELL")
@@ -97,7 +105,9 @@ async def test_outside_the_window_or_another_side_is_not_a_duplicate(make_settin
     assert statuses == ["ORDER_PLACED", "ORDER_PLACED", "ORDER_PLACED"]
 
 
-async def test_the_same_signal_three_times_makes_one_intent_and_one_order(make_settings, pool, redis, names) -> None:
+async def test_the_same_signal_three_times_makes_one_intent_and_one_order(
+    make_settings, pool, redis, names
+) -> None:
     sig = signal()
     app = build_app(make_settings())
     async with running(app):
@@ -120,7 +130,9 @@ async def test_a_malformed_entry_goes_to_dead_letter_and_the_next_signal_flows(
     app = build_app(make_settings())
     good = signal()
     async with running(app):
-        bad_id = await redis.xadd(names.signals, {"type": "SignalEmitted", "event": '{"symbol": "btc", "side": "HOLD"}'})
+        bad_id = await redis.xadd(
+            names.signals, {"type": "SignalEmitted", "event": '{"symbol": "btc", "side": "HOLD"}'}
+        )
         raw_id = await redis.xadd(names.signals, {"hello": "world"})
         await xadd(redis, names.signals, good)
         await eventually(lambda: _decided(redis, names, good.signal_id))

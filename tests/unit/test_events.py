@@ -133,5 +133,7 @@ def test_order_decided_and_dead_letter_validate() -> None:
     assert OrderDecided.model_validate_json(decided.to_json()) == decided
     with pytest.raises(ValidationError):
         OrderDecided.model_validate({**decided.model_dump(), "reason_code": "BECAUSE"})
-    letter = DeadLetter(stream="signals", entry_id="1-0", group="orchestrator", error="bad", deliveries=1, fields={})
+    letter = DeadLetter(
+        stream="signals", entry_id="1-0", group="orchestrator", error="bad", deliveries=1, fields={}
+    )
     assert DeadLetter.model_validate_json(letter.to_json()) == letter

@@ -1,0 +1,5 @@
+"""`python -m services …` is `intentflow …`."""
+
+from services.cli import main
+
+main()
