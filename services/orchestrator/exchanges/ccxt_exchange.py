@@ -180,10 +180,13 @@ class CcxtExchange:
 
     async def _send(self, symbol: str, order: OrderRequest, amount: float, client_id: str) -> OrderResult:
         side = order.side.value.lower()
+        # Exchanges flagged createMarketBuyOrderRequiresPrice size a market buy as amount x price.
+        needs_price = side == "buy" and self._client.options.get("createMarketBuyOrderRequiresPrice")
+        price = float(order.price) if needs_price else None
         for attempt in (1, 2):
             try:
                 created = await self._client.create_order(
-                    symbol, "market", side, amount, None, {"clientOrderId": client_id}
+                    symbol, "market", side, amount, price, {"clientOrderId": client_id}
                 )
                 return self._placed(created, "order placed")
             except ccxt_errors.BaseError as exc:
