@@ -130,6 +130,7 @@ async def get_updates(state: SandboxState, params: dict[str, Any]) -> web.Respon
             return answer
     async with state.updates_changed:
         if not state.confirm_updates(offset) and timeout > 0:
+            state.polls_waiting += 1
             try:
                 await asyncio.wait_for(
                     state.updates_changed.wait_for(lambda: bool(state.confirm_updates(offset))),
@@ -137,6 +138,8 @@ async def get_updates(state: SandboxState, params: dict[str, Any]) -> web.Respon
                 )
             except TimeoutError:
                 pass
+            finally:
+                state.polls_waiting -= 1
         pending = state.confirm_updates(offset)[:limit]
     state.log_request("getUpdates", None, 200)
     return ok(pending)

@@ -40,6 +40,7 @@ class SandboxState:
     updates: list[dict[str, Any]] = field(default_factory=list)
     updates_changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _next_message_id: dict[int, int] = field(default_factory=dict)
+    polls_waiting: int = 0
     _next_update_id: int = 1
     flood: FloodControl = field(init=False)
 
@@ -146,6 +147,7 @@ class SandboxState:
             "by_status": by_status,
             "faults_pending": len(self.faults.pending()),
             "updates_pending": len(self.updates),
+            "polls_waiting": self.polls_waiting,
             "enforce_limits": self.enforce_limits,
         }
 
