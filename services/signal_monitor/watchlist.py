@@ -162,7 +162,13 @@ def parse_watchlist(data: Mapping[str, Any], *, source: str, base_dir: Path) -> 
     if "feed" not in data:
         raise WatchlistError(f'{source}: missing [feed] (kind = "replay" or "ccxt")')
     feed = _feed(_table(data["feed"], f"{source}: feed"), f"{source}: feed", base_dir)
-    defaults = _gates(_table(data.get("defaults", {}), f"{source}: defaults"), Gates(), source)
+    defaults_label = f"{source}: defaults"
+    raw_defaults = _table(data.get("defaults", {}), defaults_label)
+    if set(raw_defaults) - GATE_KEYS:
+        extra = ", ".join(sorted(set(raw_defaults) - GATE_KEYS))
+        allowed = ", ".join(sorted(GATE_KEYS))
+        raise WatchlistError(f"{defaults_label}: unknown key(s) {extra}; allowed: {allowed}")
+    defaults = _gates(raw_defaults, Gates(), defaults_label)
     raw_entries = data.get("symbols", [])
     if not isinstance(raw_entries, list):
         raise WatchlistError(f"{source}: symbols must be a list of entries ([[symbols]] in TOML)")
@@ -222,10 +228,6 @@ def _gates(raw: Mapping[str, Any], base: Gates, label: str) -> Gates:
         if math.isinf(value):
             raise WatchlistError(f"{label}: {key} must be finite")
         values[key] = Decimal(str(value)) if key == "min_price_change_pct" else float(value)
-    if set(raw) - GATE_KEYS - ENTRY_KEYS:
-        allowed = ", ".join(sorted(GATE_KEYS))
-        unknown = ", ".join(sorted(set(raw) - GATE_KEYS - ENTRY_KEYS))
-        raise WatchlistError(f"{label}: unknown key(s) {unknown}; allowed: {allowed}")
     return Gates(**values)
 
 
