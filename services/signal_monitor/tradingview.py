@@ -37,8 +37,9 @@ TRADINGVIEW_ALIASES = {"ticker": "symbol", "action": "side", "close": "price"}
 IGNORED_FIELDS = frozenset(
     {"time", "timenow", "exchange", "interval", "open", "high", "low", "volume", "comment"}
 )
-# Longest first, so BTCUSDT splits as BTC_USDT rather than BTCUSD_T.
-QUOTE_ASSETS = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "EUR", "BTC", "ETH", "BNB", "DAI")
+# Tried in this order: the longer stablecoins before USD so BTCUSDT is BTC_USDT and
+# BTCFDUSD is BTC_FDUSD; TUSD is left out because it would split XBTUSD as XB_TUSD.
+QUOTE_ASSETS = ("USDT", "USDC", "FDUSD", "BUSD", "USD", "EUR", "GBP", "BTC", "ETH", "BNB", "DAI")
 
 FieldError = dict[str, str]
 
