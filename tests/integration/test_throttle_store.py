@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import pytest
-import redis.asyncio as aioredis
+from redis.asyncio import Redis
 
 from services.signal_monitor.throttle import (
     Candidate,
@@ -19,45 +16,30 @@ from services.signal_monitor.throttle import (
     ThrottleStore,
 )
 from shared.events import Side
+from shared.redis import create_redis
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 RULES = GateRules(cooldown_seconds=300, min_price_change_pct=Decimal("0.5"))
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"test-{uuid.uuid4().hex}:"
-
-
-@pytest.fixture
-async def client(prefix: str) -> AsyncIterator[aioredis.Redis]:
-    redis = aioredis.from_url(REDIS_URL)
-    yield redis
-    keys = [key async for key in redis.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await redis.delete(*keys)
-    await redis.aclose()
 
 
 def candidate(price: str = "100", side: Side = Side.BUY) -> Candidate:
     return Candidate("BTC_USDT", side, "rsi_ema:default", Decimal(price))
 
 
-async def test_get_put_round_trip_under_the_prefix(client: aioredis.Redis, prefix: str) -> None:
-    store = ThrottleStore(client, prefix)
+async def test_get_put_round_trip_under_the_prefix(redis: Redis, prefix: str) -> None:
+    store = ThrottleStore(redis, prefix)
     assert await store.get("BTC_USDT|BUY|x") is None
     state = ThrottleState(Decimal("43210.5"), T0)
     await store.put("BTC_USDT|BUY|x", state)
     assert await store.get("BTC_USDT|BUY|x") == state
-    assert await client.exists(f"{prefix}throttle:BTC_USDT|BUY|x") == 1
+    assert await redis.exists(f"{prefix}throttle:BTC_USDT|BUY|x") == 1
 
 
-async def test_cooldown_holds_across_a_restart(client: aioredis.Redis, prefix: str) -> None:
-    first = ThrottleStore(client, prefix)
+async def test_cooldown_holds_across_a_restart(redis: Redis, redis_url: str, prefix: str) -> None:
+    first = ThrottleStore(redis, prefix)
     assert (await first.try_pass(candidate("100"), RULES, T0)).allowed
-    # A new process: a fresh client and store over the same Redis and prefix.
-    fresh = aioredis.from_url(REDIS_URL, decode_responses=True)
+    # A new process: a fresh client (this one without decoding) over the same Redis and prefix.
+    fresh = Redis.from_url(redis_url)
     try:
         restarted = ThrottleStore(fresh, prefix)
         inside = await restarted.try_pass(candidate("200"), RULES, T0 + timedelta(seconds=60))
@@ -73,16 +55,17 @@ async def test_cooldown_holds_across_a_restart(client: aioredis.Redis, prefix: s
         await fresh.aclose()
 
 
-async def test_blocked_by_kill_switch_or_alerts_leaves_no_state(client: aioredis.Redis, prefix: str) -> None:
-    store = ThrottleStore(client, prefix)
+async def test_blocked_by_kill_switch_or_alerts_leaves_no_state(redis: Redis, prefix: str) -> None:
+    store = ThrottleStore(redis, prefix)
     killed = await store.try_pass(candidate(), GateRules(kill_switch=True), T0)
     muted = await store.try_pass(candidate(), GateRules(alert_enabled=False), T0)
     assert (killed.code, muted.code) == (GateCode.KILL_SWITCH, GateCode.ALERTS_DISABLED)
     assert await store.get(candidate().key) is None
 
 
-async def test_racing_monitors_pass_exactly_once(prefix: str) -> None:
-    clients = [aioredis.from_url(REDIS_URL) for _ in range(8)]
+async def test_racing_monitors_pass_exactly_once(redis: Redis, redis_url: str, prefix: str) -> None:
+    # Eight monitors, each with its own connection; the `redis` fixture cleans the prefix up.
+    clients = [create_redis(redis_url) for _ in range(8)]
     try:
         stores = [ThrottleStore(c, prefix) for c in clients]
         for round_no in range(5):
@@ -95,7 +78,4 @@ async def test_racing_monitors_pass_exactly_once(prefix: str) -> None:
             assert {d.code for d in decisions if not d.allowed} == {GateCode.COOLDOWN}
     finally:
         for c in clients:
-            keys = [key async for key in c.scan_iter(match=f"{prefix}*")]
-            if keys:
-                await c.delete(*keys)
             await c.aclose()
