@@ -1,0 +1,1 @@
+"""The notifier: Telegram messages for signals and failed orders, delivered within Telegram's limits."""

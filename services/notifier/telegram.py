@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Protocol
 
 import aiohttp
+import yarl
 from aiogram import Bot
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
@@ -75,6 +76,20 @@ def redact(text: str, token: str | None = None) -> str:
     if token:
         text = text.replace(token, REDACTED)
     return _TOKEN_RE.sub(REDACTED, text)
+
+
+def check_api_url(api_url: str) -> None:
+    """Refuse a TELEGRAM_API_URL aiohttp cannot call (its errors would quote the URL with the token)."""
+    try:
+        url = yarl.URL(api_url)
+        valid = url.scheme in ("http", "https") and bool(url.host) and url.port is not None
+    except (ValueError, TypeError):
+        valid = False
+    if not valid:
+        raise TelegramError(
+            "TELEGRAM_API_URL must be an http(s) URL such as https://api.telegram.org or "
+            f"http://127.0.0.1:8081, not {redact(api_url)!r}"
+        )
 
 
 def is_group_chat(chat_id: str) -> bool:
@@ -243,6 +258,7 @@ class AiogramSender:
         request_timeout: int = 20,
     ) -> None:
         self._token = token
+        check_api_url(api_url)
         try:
             self._bot = Bot(
                 token,

@@ -170,6 +170,10 @@ async def reset(request: web.Request) -> web.StreamResponse:
     return web.json_response({"ok": True})
 
 
+async def _release_polls(app: web.Application) -> None:
+    await app[STATE].close()
+
+
 def build_app(
     *,
     enforce_limits: bool = False,
@@ -182,6 +186,7 @@ def build_app(
     app[STATE] = SandboxState(
         limits=limits or SandboxLimits(), enforce_limits=enforce_limits, console=console, clock=clock
     )
+    app.on_shutdown.append(_release_polls)
     app.router.add_route("*", "/bot{token}/{method}", bot_method)
     app.router.add_get("/sandbox/messages", list_messages)
     app.router.add_delete("/sandbox/messages", clear_messages)

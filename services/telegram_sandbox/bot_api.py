@@ -133,7 +133,9 @@ async def get_updates(state: SandboxState, params: dict[str, Any]) -> web.Respon
             state.polls_waiting += 1
             try:
                 await asyncio.wait_for(
-                    state.updates_changed.wait_for(lambda: bool(state.confirm_updates(offset))),
+                    state.updates_changed.wait_for(
+                        lambda: state.closing or bool(state.confirm_updates(offset))
+                    ),
                     timeout,
                 )
             except TimeoutError:

@@ -41,6 +41,7 @@ class SandboxState:
     updates_changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _next_message_id: dict[int, int] = field(default_factory=dict)
     polls_waiting: int = 0
+    closing: bool = False
     _next_update_id: int = 1
     flood: FloodControl = field(init=False)
 
@@ -113,6 +114,12 @@ class SandboxState:
         if self.console:
             self.say(f"<- chat {chat_id} (incoming update {update_id}): {' '.join(text.split())[:300]}")
         return update
+
+    async def close(self) -> None:
+        """Answer every waiting long poll now, so shutdown does not wait for them."""
+        async with self.updates_changed:
+            self.closing = True
+            self.updates_changed.notify_all()
 
     def confirm_updates(self, offset: int) -> list[dict[str, Any]]:
         """Forget updates below offset (as Telegram does) and return the rest, oldest first."""
