@@ -79,12 +79,16 @@ class ThrottleState:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> ThrottleState:
-        """Parse what to_json wrote."""
-        data = json.loads(raw)
-        at = datetime.fromisoformat(data["at"])
+        """Parse what to_json wrote, or raise ValueError saying what is wrong with it."""
+        try:
+            data = json.loads(raw)
+            at = datetime.fromisoformat(data["at"])
+            price = Decimal(data["price"])
+        except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
+            raise ValueError(f"unreadable throttle state {raw!r:.80}: {exc!r}") from None
         if at.tzinfo is None:
             raise ValueError(f"throttle state time {data['at']!r} has no timezone")
-        return cls(last_price=Decimal(data["price"]), last_time=at)
+        return cls(last_price=price, last_time=at)
 
 
 def decide(

@@ -87,6 +87,9 @@ def test_state_round_trips_through_json_and_bytes() -> None:
     assert ThrottleState.from_json(state.to_json().encode()) == state
     with pytest.raises(ValueError, match="timezone"):
         ThrottleState.from_json('{"price": "1", "at": "2026-01-01T00:00:00"}')
+    for bad in ("", "{}", '{"price": "x", "at": "2026-01-01T00:00:00Z"}', "[1]"):
+        with pytest.raises(ValueError, match="unreadable throttle state"):
+            ThrottleState.from_json(bad)
 
 
 def test_candidate_key_separates_symbol_side_and_strategy() -> None:
