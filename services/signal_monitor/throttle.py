@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import WatchError
 
-from shared.events import Side
+from shared.events import Side, SignalEmitted
 
 
 class GateCode(StrEnum):
@@ -40,6 +40,11 @@ class Candidate:
     side: Side
     strategy: str
     price: Decimal
+
+    @classmethod
+    def of(cls, signal: SignalEmitted) -> Candidate:
+        """Return the candidate a validated signal (webhook, manual) stands for."""
+        return cls(signal.symbol, signal.side, signal.strategy, signal.price)
 
     @property
     def key(self) -> str:

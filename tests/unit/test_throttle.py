@@ -18,7 +18,7 @@ from services.signal_monitor.throttle import (
     decide,
     next_state,
 )
-from shared.events import Side
+from shared.events import Side, SignalEmitted
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 BUY = Candidate("BTC_USDT", Side.BUY, "rsi_ema:default", Decimal("100"))
@@ -132,3 +132,8 @@ def test_decide_allows_exactly_when_cooldown_and_change_are_both_met(
     moved = abs(price - last_price) * 100 >= min_pct * last_price
     decision = decide(state, candidate, rules, T0 + timedelta(seconds=elapsed))
     assert decision.allowed is (cooled and moved)
+
+
+def test_a_signal_becomes_its_candidate() -> None:
+    signal = SignalEmitted(symbol="ETH_USDT", side=Side.SELL, price="2300.5", strategy="tv")
+    assert Candidate.of(signal) == Candidate("ETH_USDT", Side.SELL, "tv", Decimal("2300.5"))
