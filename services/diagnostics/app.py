@@ -1,0 +1,151 @@
+"""The diagnostics service's composition root: settings in, an HTTP server out.
+
+The server answers from the first second: while Redis or PostgreSQL is down, /readyz says
+which (503) and the data routes answer 503 with the reason; the pool is opened in the
+background and picked up when PostgreSQL answers. A reachable database on an older
+schema stops the service at start, as every service does (CONTRACT §4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import asyncpg
+import uvicorn
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from services.diagnostics.routes import POSTGRES_DOWN, Backends, create_api
+from shared.db import SchemaOutOfDate, create_pool, require_schema, wait_for_pool
+from shared.logging import get_logger
+from shared.redis import create_redis
+from shared.service import resolve_urls
+from shared.settings import Settings
+from shared.streams import StreamNames
+
+log = get_logger("intentflow.diagnostics")
+
+FIRST_CONNECT_TIMEOUT_S = 5.0
+GRACEFUL_SHUTDOWN_S = 3
+
+
+def asgi_app(
+    *,
+    names: StreamNames,
+    redis: Redis | None = None,
+    pool: asyncpg.Pool | None = None,
+    token: str | None = None,
+) -> FastAPI:
+    """Build the diagnostics ASGI app over a ready pool and Redis client (tests drive it directly)."""
+    backends = Backends(names=names, redis=redis, pool=pool)
+    if pool is None:
+        backends.postgres_error = "no database pool was given"
+    return create_api(backends, token=token)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service's stop event decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class DiagnosticsService:
+    """The diagnostics service's parts, opened by run() and closed when it returns."""
+
+    settings: Settings
+    redis: Redis | None = None
+    pool: asyncpg.Pool | None = None
+    backends: Backends | None = field(default=None, init=False)
+    app: FastAPI | None = field(default=None, init=False)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve HTTP on BIND_HOST:DIAGNOSTICS_PORT until stop is set; close everything after."""
+        settings = self.settings
+        redis_url, database_url = resolve_urls(settings)
+        token = settings.diagnostics.diagnostics_token
+        redis = self.redis or create_redis(redis_url)
+        backends = Backends(names=StreamNames(settings.runtime.stream_prefix), redis=redis)
+        self.backends = backends
+        own_pool = self.pool is None
+        connector: asyncio.Task[None] | None = None
+        try:
+            backends.pool = self.pool or await _first_pool(database_url, backends)
+            if backends.pool is not None:
+                await require_schema(backends.pool)
+                backends.schema_ok = True
+            else:
+                connector = asyncio.create_task(_connect_later(database_url, backends, stop))
+            self.app = create_api(backends, token=token.get_secret_value() if token else None)
+            await self._serve(self.app, stop)
+        finally:
+            if connector is not None:
+                connector.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await connector
+            if self.redis is None:
+                await redis.aclose()
+            if own_pool and backends.pool is not None:
+                await backends.pool.close()
+            log.info("diagnostics stopped")
+
+    async def _serve(self, app: FastAPI, stop: asyncio.Event) -> None:
+        settings = self.settings
+        config = uvicorn.Config(
+            app,
+            host=settings.runtime.bind_host,
+            port=settings.diagnostics.diagnostics_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
+        server = _Server(config)
+        serving = asyncio.create_task(server.serve())
+        stopping = asyncio.create_task(stop.wait())
+        log.info(
+            "diagnostics serving",
+            host=settings.runtime.bind_host,
+            port=settings.diagnostics.diagnostics_port,
+            auth=bool(settings.diagnostics.diagnostics_token),
+        )
+        try:
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            server.should_exit = True
+            stopping.cancel()
+            await serving  # re-raises a bind failure (uvicorn exits 1 on it)
+
+
+async def _first_pool(database_url: str, backends: Backends) -> asyncpg.Pool | None:
+    """Open the pool if PostgreSQL answers now; None (and the reason noted) if it does not."""
+    try:
+        return await asyncio.wait_for(create_pool(database_url), FIRST_CONNECT_TIMEOUT_S)
+    except (*POSTGRES_DOWN, asyncpg.PostgresError) as exc:
+        backends.postgres_error = f"{type(exc).__name__}: {exc} (retrying)"
+        log.warning("postgres unreachable at start, serving not-ready", error=backends.postgres_error)
+        return None
+
+
+async def _connect_later(database_url: str, backends: Backends, stop: asyncio.Event) -> None:
+    """Keep trying to open the pool; hand it to the routes once PostgreSQL answers."""
+    pool = await wait_for_pool(database_url, stop=stop, log=log)
+    backends.pool = pool
+    try:
+        await require_schema(pool)
+        backends.schema_ok = True
+        log.info("postgres reachable, diagnostics ready")
+    except SchemaOutOfDate as exc:
+        log.error("diagnostics not ready", error=str(exc))
+
+
+def build_app(
+    settings: Settings, *, redis: Redis | None = None, pool: asyncpg.Pool | None = None
+) -> DiagnosticsService:
+    """Compose the diagnostics service; tests pass their own Redis client or pool."""
+    return DiagnosticsService(settings=settings, redis=redis, pool=pool)
