@@ -115,3 +115,10 @@ def wait_for_log(proc: Proc, text: str, timeout: float = 30.0) -> None:
             raise AssertionError(f"process exited before logging {text!r}:\n{proc.output()[-3000:]}")
         time.sleep(0.05)
     raise AssertionError(f"{text!r} not logged within {timeout}s:\n{proc.output()[-3000:]}")
+
+
+async def await_log(proc: Proc, text: str, timeout: float = 30.0) -> None:
+    """Like wait_for_log, but yields to the event loop (for servers the test itself runs)."""
+    import asyncio
+
+    await asyncio.to_thread(wait_for_log, proc, text, timeout)
