@@ -23,6 +23,7 @@ from shared.redis import create_redis
 from shared.settings import Settings
 from shared.streams import StreamNames
 from tests.support import servers
+from tests.support.sandbox import sandbox  # noqa: F401  (a fixture every tier may use)
 
 RUN_ID = uuid.uuid4().hex[:8]
 

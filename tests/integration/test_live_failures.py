@@ -12,7 +12,7 @@ from services.orchestrator.app import build_app as build_orchestrator
 from tests.support.eventually import eventually
 from tests.support.exchange_standin import ExchangeStandin
 from tests.support.pipeline import running, signal, xadd
-from tests.support.sandbox import new_token, received, sandbox  # noqa: F401
+from tests.support.sandbox import new_token, received
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ async def test_exchange_errors_end_in_their_failure_class_and_a_failure_message(
     standin,
     sandbox,
     fault,
-    reason,  # noqa: F811
+    reason,
 ) -> None:
     settings = make_settings(
         TRADING_MODE="live",

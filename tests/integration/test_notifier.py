@@ -17,7 +17,7 @@ from shared.events import OrderDecided, SignalEmitted
 from shared.streams import StreamNames, encode_entry
 from tests.support.eventually import eventually
 from tests.support.pipeline import running, signal
-from tests.support.sandbox import inject, new_token, received, sandbox  # noqa: F401
+from tests.support.sandbox import inject, new_token, received
 
 CHAT = "4242"
 
@@ -28,7 +28,7 @@ def token() -> str:
 
 
 @pytest.fixture
-def notifier_settings(make_settings, sandbox, token):  # noqa: F811
+def notifier_settings(make_settings, sandbox, token):
     def build(**extra: Any):
         return make_settings(
             TELEGRAM_BOT_TOKEN=token, TELEGRAM_CHAT_ID=CHAT, TELEGRAM_API_URL=sandbox.url, **extra
@@ -95,7 +95,7 @@ async def test_signal_and_failed_decision_make_two_messages_with_traces(
     redis,
     names: StreamNames,
     sandbox,
-    decision_first,  # noqa: F811
+    decision_first,
 ) -> None:
     sig = signal(side="SELL", symbol="ETH_USDT")
     event = decided(sig, "ORDER_FAILED", "FAILED", "INSUFFICIENT_FUNDS", "selling 0.03 ETH but only 0 held")
@@ -131,7 +131,7 @@ async def test_a_placed_decision_is_traced_and_sends_no_failure_message(
     pool,
     redis,
     names,
-    sandbox,  # noqa: F811
+    sandbox,
 ) -> None:
     sig = signal()
     event = decided(sig, "ORDER_PLACED", "EXECUTED", "ORDER_PLACED", "order placed (paper-1)")
@@ -149,7 +149,7 @@ async def test_a_placed_decision_is_traced_and_sends_no_failure_message(
 
 async def test_faults_lose_nothing_and_send_nothing_twice(
     notifier_settings, pool, redis, names, sandbox
-) -> None:  # noqa: F811
+) -> None:
     await inject(sandbox.url, "429", 5, retry_after=1)
     await inject(sandbox.url, "500", 2)
     await inject(sandbox.url, "502", 1)
@@ -180,7 +180,7 @@ async def test_a_blocked_chat_is_recorded_undelivered_and_others_still_flow(
     pool,
     redis,
     names,
-    sandbox,  # noqa: F811
+    sandbox,
 ) -> None:
     await inject(sandbox.url, "403", 1)
     blocked_sig, later = signal(), signal()
@@ -200,7 +200,7 @@ async def test_a_blocked_chat_is_recorded_undelivered_and_others_still_flow(
     assert [lines_about(await received(sandbox.url), s) for s in (blocked_sig, later)] == [0, 1]
 
 
-async def test_a_redelivered_signal_is_not_sent_again(notifier_settings, pool, redis, names, sandbox) -> None:  # noqa: F811
+async def test_a_redelivered_signal_is_not_sent_again(notifier_settings, pool, redis, names, sandbox) -> None:
     sig = signal()
     async with running(build_app(notifier_settings())):
         await publish(redis, names.signals, sig)
@@ -218,7 +218,7 @@ async def _group_idle(redis: Redis, stream: str) -> bool:
 
 async def test_the_token_never_reaches_a_log_line(
     notifier_settings, pool, redis, names, sandbox, token, caplog
-) -> None:  # noqa: F811
+) -> None:
     caplog.set_level(logging.DEBUG)
     await inject(sandbox.url, "500", 1)
     await inject(sandbox.url, "403", 1)
