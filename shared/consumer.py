@@ -376,7 +376,9 @@ class StreamConsumer(Generic[E]):
         return len(retry) + len(over)
 
     async def _forget_dead_consumers(self) -> None:
-        threshold = max(self.settings.claim_idle_ms * 2, 10_000)
+        # Idle twice the claim time with nothing pending: dead. A live consumer polls every
+        # block_ms, so it is never that idle; if one were removed it reappears on its next read.
+        threshold = max(self.settings.claim_idle_ms * 2, self.settings.block_ms * 3)
         for info in await self.redis.xinfo_consumers(self.stream, self.group):
             name = str(info.get("name"))
             if name == self.name or int(info.get("pending", 0)) > 0:

@@ -1,0 +1,162 @@
+"""The shared stream consumer on real Redis: ack after success, claim, MAX_DELIVERIES, outages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from shared.consumer import Delivery, RetryLater, StreamConsumer, ensure_group
+from shared.events import SignalEmitted
+from shared.settings import ConsumerSettings
+from shared.streams import StreamNames
+from tests.support.eventually import eventually
+from tests.support.pipeline import events, running, signal, xadd
+
+GROUP = "testers"
+
+
+def consumer_settings(**overrides: Any) -> ConsumerSettings:
+    values = {"claim_idle_ms": 300, "max_deliveries": 3, "batch_size": 10, "block_ms": 100, **overrides}
+    return ConsumerSettings.model_validate({k.upper(): v for k, v in values.items()} | values)
+
+
+class Recorder:
+    """A handler that remembers what it saw and fails on demand."""
+
+    def __init__(self) -> None:
+        self.seen: Counter[str] = Counter()
+        self.done: list[str] = []
+        self.fail_always: set[str] = set()
+        self.transient_left = 0
+        self.deliveries: dict[str, list[int]] = {}
+
+    async def __call__(self, batch: list[Delivery[SignalEmitted]]) -> None:
+        for d in batch:
+            sid = str(d.event.signal_id)
+            self.seen[sid] += 1
+            self.deliveries.setdefault(sid, []).append(d.deliveries)
+            if sid in self.fail_always:
+                raise ValueError(f"cannot handle {sid}")
+        if self.transient_left > 0:
+            self.transient_left -= 1
+            raise RetryLater("database briefly away")
+        self.done.extend(str(d.event.signal_id) for d in batch)
+
+
+def make_consumer(redis: Redis, names: StreamNames, handler: Recorder, name: str, **settings: Any) -> Any:
+    consumer = StreamConsumer(
+        redis,
+        stream=names.signals,
+        group=GROUP,
+        model=SignalEmitted,
+        handler=handler,
+        dead_letter=names.dead_letter,
+        settings=consumer_settings(**settings),
+        name=name,
+    )
+
+    class App:
+        async def run(self, stop: asyncio.Event) -> None:
+            await consumer.run(stop)
+
+    return App()
+
+
+async def pending(redis: Redis, names: StreamNames) -> int:
+    return int((await redis.xpending(names.signals, GROUP))["pending"])
+
+
+async def test_a_dead_consumers_entries_are_claimed_and_its_name_removed(redis, names) -> None:
+    await ensure_group(redis, names.signals, GROUP)
+    sigs = [signal() for _ in range(5)]
+    for sig in sigs:
+        await xadd(redis, names.signals, sig)
+    taken = await redis.xreadgroup(GROUP, "dead-one", {names.signals: ">"}, count=10)
+    assert len(taken[0][1]) == 5
+    recorder = Recorder()
+    async with running(make_consumer(redis, names, recorder, "alive")):
+        await eventually(lambda: _done(recorder), until=lambda d: len(d) == 5, what="claimed entries handled")
+        await eventually(lambda: pending(redis, names), until=lambda n: n == 0)
+        await eventually(
+            lambda: redis.xinfo_consumers(names.signals, GROUP),
+            until=lambda cs: [c["name"] for c in cs] == ["alive"],
+            what="the dead consumer removed from the group",
+        )
+    assert sorted(recorder.done) == sorted(str(s.signal_id) for s in sigs)
+    assert all(d == [2] for d in recorder.deliveries.values())
+
+
+async def _done(recorder: Recorder) -> list[str]:
+    return recorder.done
+
+
+async def test_an_entry_failing_every_time_goes_to_dead_letter_after_max_deliveries(redis, names) -> None:
+    bad, good = signal(), signal()
+    recorder = Recorder()
+    recorder.fail_always.add(str(bad.signal_id))
+    async with running(make_consumer(redis, names, recorder, "c1", max_deliveries=3)):
+        await xadd(redis, names.signals, bad)
+        await xadd(redis, names.signals, good)
+        letters = await eventually(lambda: events(redis, names.dead_letter), timeout=30)
+        await eventually(lambda: pending(redis, names), until=lambda n: n == 0)
+    assert recorder.done == [str(good.signal_id)]
+    assert sorted(set(recorder.deliveries[str(bad.signal_id)])) == [1, 2, 3]
+    (letter,) = letters
+    assert letter["signal_id"] == str(bad.signal_id)
+    assert letter["deliveries"] == 3 and "MAX_DELIVERIES" in letter["error"]
+    assert SignalEmitted.model_validate_json(letter["fields"]["event"]) == bad
+
+
+async def test_a_transient_failure_is_retried_in_place_and_not_counted(redis, names) -> None:
+    sig = signal()
+    recorder = Recorder()
+    recorder.transient_left = 3
+    async with running(make_consumer(redis, names, recorder, "c1", max_deliveries=1)):
+        await xadd(redis, names.signals, sig)
+        await eventually(lambda: _done(recorder), until=lambda d: d == [str(sig.signal_id)])
+        await eventually(lambda: pending(redis, names), until=lambda n: n == 0)
+    assert recorder.seen[str(sig.signal_id)] == 4
+    assert await redis.xlen(names.dead_letter) == 0
+
+
+async def test_one_failing_entry_does_not_hold_back_its_batch(redis, names) -> None:
+    sigs = [signal() for _ in range(4)]
+    recorder = Recorder()
+    recorder.fail_always.add(str(sigs[1].signal_id))
+    for sig in sigs:
+        await xadd(redis, names.signals, sig)
+    async with running(make_consumer(redis, names, recorder, "c1", claim_idle_ms=60_000)):
+        await eventually(lambda: _done(recorder), until=lambda d: len(d) == 3)
+        assert await pending(redis, names) == 1
+    assert str(sigs[1].signal_id) not in recorder.done
+
+
+async def test_stop_leaves_an_unfinished_entry_pending_for_another_consumer(redis, names) -> None:
+    sig = signal()
+    recorder = Recorder()
+    recorder.transient_left = 10_000
+    async with running(make_consumer(redis, names, recorder, "c1")):
+        await xadd(redis, names.signals, sig)
+        await eventually(lambda: _seen(recorder), until=lambda n: n >= 1)
+    assert await pending(redis, names) == 1
+    second = Recorder()
+    async with running(make_consumer(redis, names, second, "c2")):
+        await eventually(lambda: _done(second), until=lambda d: d == [str(sig.signal_id)])
+
+
+async def _seen(recorder: Recorder) -> int:
+    return sum(recorder.seen.values())
+
+
+@pytest.mark.parametrize("field", ["event", "type"])
+async def test_entries_are_plain_json_any_client_can_read(redis, names, field) -> None:
+    sig = signal()
+    await xadd(redis, names.signals, sig)
+    ((_, fields),) = await redis.xrange(names.signals)
+    assert set(fields) == {"type", "event"}
+    assert fields["type"] == "SignalEmitted"
+    assert (await events(redis, names.signals))[0]["signal_id"] == str(sig.signal_id)
