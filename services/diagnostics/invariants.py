@@ -22,6 +22,7 @@ transaction, so all parts see one snapshot and one now().
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -66,13 +67,37 @@ FAILED_IN_WINDOW = f"""
     AND {DECIDED} < now() - $2::int * interval '1 second'
     AND NOT {NOTICE_NEAR_DECISION}"""
 
-COUNTS_SQL = f"""
-WITH sent AS (
-    SELECT i.status, {AGED} AS aged, {TERMINAL} AS terminal,
-           (m.decision_type IS NULL OR m.reason_code IS NULL) AS trace_missing
+# One pass: the window's sent signals joined to their intents once, then counted and
+# listed from that; the violation lists come back as one JSON array.
+CHECK_SQL = f"""
+WITH sent AS MATERIALIZED (
+    SELECT m.id, m.signal_id, coalesce(i.symbol, m.symbol) AS symbol, m.timestamp AS at,
+           m.decision_type, m.reason_code, i.status, {AGED} AS aged, {TERMINAL} AS terminal
     FROM telegram_messages m
     LEFT JOIN order_intents i ON i.signal_id = m.signal_id
     WHERE {SENT_SIGNAL} AND {IN_WINDOW}
+),
+unannounced AS MATERIALIZED (
+    SELECT i.signal_id, i.symbol, {DECIDED} AS at, i.status, i.decision_type, i.reason_code,
+           (SELECT extract(epoch FROM f.timestamp - {DECIDED})::double precision
+            FROM telegram_messages f
+            WHERE f.signal_id = i.signal_id AND {FAILURE_NOTICE}
+            ORDER BY abs(extract(epoch FROM f.timestamp - {DECIDED})) LIMIT 1) AS nearest_notice_s
+    FROM order_intents i
+    WHERE {FAILED_IN_WINDOW}
+),
+listed AS (
+    (SELECT 'missing_intent' AS type, signal_id, symbol, at, status AS intent_status,
+            decision_type, reason_code, NULL::double precision AS nearest_notice_s, id
+     FROM sent WHERE aged AND NOT terminal ORDER BY at DESC, id DESC LIMIT $4)
+    UNION ALL
+    (SELECT 'null_decisions', signal_id, symbol, at, status, decision_type, reason_code, NULL, id
+     FROM sent WHERE aged AND (decision_type IS NULL OR reason_code IS NULL)
+     ORDER BY at DESC, id DESC LIMIT $4)
+    UNION ALL
+    (SELECT 'failed_without_telegram', signal_id, symbol, at, status, decision_type, reason_code,
+            nearest_notice_s, NULL
+     FROM unannounced ORDER BY at DESC LIMIT $4)
 )
 SELECT count(*) AS total_signals,
        count(*) FILTER (WHERE status = 'ORDER_PLACED') AS placed,
@@ -81,10 +106,18 @@ SELECT count(*) AS total_signals,
        count(*) FILTER (WHERE status = 'BLOCKED_LIVE_TRADING') AS blocked,
        count(*) FILTER (WHERE NOT terminal AND NOT aged) AS in_flight,
        count(*) FILTER (WHERE NOT terminal AND aged) AS missing_intent,
-       count(*) FILTER (WHERE trace_missing AND aged) AS null_decisions,
-       (SELECT count(*) FROM order_intents i WHERE {FAILED_IN_WINDOW}) AS failed_without_telegram,
+       count(*) FILTER (WHERE aged AND (decision_type IS NULL OR reason_code IS NULL)) AS null_decisions,
+       (SELECT count(*) FROM unannounced) AS failed_without_telegram,
        now() AS generated_at,
-       now() - $1::int * interval '1 hour' AS window_start
+       now() - $1::int * interval '1 hour' AS window_start,
+       (SELECT coalesce(json_agg(json_build_object(
+                   'type', v.type, 'signal_id', v.signal_id, 'symbol', v.symbol, 'at', v.at,
+                   'intent_status', v.intent_status, 'decision_type', v.decision_type,
+                   'reason_code', v.reason_code, 'nearest_notice_s', v.nearest_notice_s,
+                   'age_s', extract(epoch FROM now() - v.at)::double precision)
+                 ORDER BY v.at DESC, v.type, v.signal_id), '[]')
+        FROM (SELECT * FROM listed ORDER BY at DESC, type, signal_id, id DESC LIMIT $4) v
+       )::text AS violations
 FROM sent
 """
 
@@ -98,41 +131,6 @@ LEFT JOIN order_intents i ON i.signal_id = m.signal_id
 WHERE {SENT_SIGNAL} AND {IN_WINDOW}
 ORDER BY m.timestamp DESC, m.id DESC
 LIMIT $2
-"""
-
-VIOLATIONS_SQL = f"""
-(SELECT 'missing_intent' AS type, m.signal_id::text AS signal_id,
-        coalesce(i.symbol, m.symbol) AS symbol, m.timestamp AS at, i.status AS intent_status,
-        m.decision_type, m.reason_code, NULL::double precision AS nearest_notice_s,
-        extract(epoch FROM now() - m.timestamp)::double precision AS age_s, m.id AS row_id
- FROM telegram_messages m
- LEFT JOIN order_intents i ON i.signal_id = m.signal_id
- WHERE {SENT_SIGNAL} AND {IN_WINDOW} AND {AGED} AND NOT {TERMINAL}
- ORDER BY m.timestamp DESC, m.id DESC
- LIMIT $4)
-UNION ALL
-(SELECT 'null_decisions', m.signal_id::text, coalesce(i.symbol, m.symbol), m.timestamp, i.status,
-        m.decision_type, m.reason_code, NULL, extract(epoch FROM now() - m.timestamp), m.id
- FROM telegram_messages m
- LEFT JOIN order_intents i ON i.signal_id = m.signal_id
- WHERE {SENT_SIGNAL} AND {IN_WINDOW} AND {AGED}
-       AND (m.decision_type IS NULL OR m.reason_code IS NULL)
- ORDER BY m.timestamp DESC, m.id DESC
- LIMIT $4)
-UNION ALL
-(SELECT 'failed_without_telegram', i.signal_id::text, i.symbol, {DECIDED}, i.status,
-        i.decision_type, i.reason_code,
-        (SELECT extract(epoch FROM f.timestamp - {DECIDED})::double precision
-         FROM telegram_messages f
-         WHERE f.signal_id = i.signal_id AND {FAILURE_NOTICE}
-         ORDER BY abs(extract(epoch FROM f.timestamp - {DECIDED})) LIMIT 1),
-        extract(epoch FROM now() - {DECIDED}), NULL
- FROM order_intents i
- WHERE {FAILED_IN_WINDOW}
- ORDER BY {DECIDED} DESC
- LIMIT $4)
-ORDER BY at DESC, type, signal_id
-LIMIT $4
 """
 
 
@@ -243,13 +241,12 @@ async def recent_signals(pool: asyncpg.Pool, window: Window) -> RecentSignalsRep
     """Answer the §7 question for one window from one consistent snapshot."""
     args = (window.hours, window.grace_seconds, list(TERMINAL_STATUSES))
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        counts_row = await conn.fetchrow(COUNTS_SQL, *args)
+        check = await conn.fetchrow(CHECK_SQL, *args, window.limit)
         signal_rows = await conn.fetch(SIGNALS_SQL, window.hours, window.limit)
-        violation_rows = await conn.fetch(VIOLATIONS_SQL, *args, window.limit)
-    assert counts_row is not None
-    return build_report(
-        window, dict(counts_row), [dict(r) for r in signal_rows], [dict(r) for r in violation_rows]
-    )
+    assert check is not None
+    counts_row = dict(check)
+    violation_rows = json.loads(counts_row.pop("violations"))
+    return build_report(window, counts_row, [dict(r) for r in signal_rows], violation_rows)
 
 
 async def undelivered_messages(pool: asyncpg.Pool) -> int:
