@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,17 +24,7 @@ from aiogram.exceptions import (
 
 from services.telegram_sandbox import RunningSandbox, SandboxLimits, start_sandbox
 from tests.support.eventually import eventually
-
-
-def new_token() -> str:
-    return f"{secrets.randbelow(10**9) + 10**8}:AA{secrets.token_urlsafe(26)}"
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[RunningSandbox]:
-    running = await start_sandbox(console=False)
-    yield running
-    await running.close()
+from tests.support.sandbox import new_token
 
 
 @pytest.fixture

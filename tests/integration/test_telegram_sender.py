@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -22,10 +21,7 @@ from services.notifier.telegram import (
 )
 from services.telegram_sandbox import RunningSandbox, SandboxLimits, start_sandbox
 from tests.support.eventually import eventually
-
-
-def new_token() -> str:
-    return f"{secrets.randbelow(10**9) + 10**8}:AA{secrets.token_urlsafe(26)}"
+from tests.support.sandbox import new_token
 
 
 def fast_limiter() -> RateLimiter:
@@ -36,13 +32,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[RunningSandbox]:
-    running = await start_sandbox(console=False)
-    yield running
-    await running.close()
 
 
 @pytest.fixture
