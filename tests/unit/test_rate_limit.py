@@ -155,3 +155,27 @@ def test_messages_to_one_chat_keep_their_order(plan):
         per_chat.setdefault(chat, []).append(limiter.reserve(chat))
     for times in per_chat.values():
         assert times == sorted(times)
+
+
+def test_the_sandbox_rule_is_lenient_by_a_tenth_at_the_edges():
+    flood = FloodControl(SandboxLimits())
+    flood.record(1, 100.0)
+    assert flood.check(1, 100.89) is not None
+    assert flood.check(1, 100.9) is None
+    assert flood.check(2, 100.0) is None  # another chat is free
+
+
+def test_the_sandbox_group_rule_counts_twenty_per_fifty_four_seconds():
+    flood = FloodControl(SandboxLimits())
+    for i in range(20):
+        flood.record(-5, 100.0 + i)
+    wait = flood.check(-5, 120.0)
+    assert wait == pytest.approx(34.0)  # the first of the twenty leaves the window at 154
+    assert flood.check(-5, 154.0) is None
+    assert flood.check(5, 120.0) is None  # a private chat has no group limit
+
+
+def test_the_sandbox_refusal_asks_for_whole_seconds():
+    from services.telegram_sandbox.limits import retry_after_seconds
+
+    assert [retry_after_seconds(w) for w in (0.01, 1.0, 1.2, 33.9)] == [1, 1, 2, 34]
