@@ -313,15 +313,25 @@ class AiogramSender:
                 return SendResult(message.message_id, True, None)
             except TelegramRetryAfter as exc:
                 self.limiter.penalize(chat_id, exc.retry_after)
-                log.warning("telegram_retry_after", chat_id=chat_id, retry_after=exc.retry_after)
+                log.warning(
+                    "telegram asked to wait (429); retrying after retry_after",
+                    chat_id=chat_id,
+                    retry_after=exc.retry_after,
+                )
             except _PERMANENT as exc:
                 if parse_mode and "can't parse entities" in str(exc):
                     # Our markup was refused: deliver the words as plain text rather than nothing.
-                    log.error("telegram_markup_refused", chat_id=chat_id, error=self.describe(exc))
+                    log.error(
+                        "telegram refused the HTML markup; sending the text as plain text",
+                        chat_id=chat_id,
+                        error=self.describe(exc),
+                    )
                     parse_mode, text = None, html.unescape(_TAG_RE.sub("", text))
                     continue
                 reason = self.describe(exc)
-                log.error("telegram_refused_permanently", chat_id=chat_id, error=reason)
+                log.error(
+                    "telegram refused the message for good; not retrying", chat_id=chat_id, error=reason
+                )
                 return SendResult(None, False, reason)
             except _TRANSIENT as exc:
                 failures += 1
@@ -332,7 +342,7 @@ class AiogramSender:
                     else log.warning
                 )
                 level(
-                    "telegram_send_retry",
+                    "telegram send failed; retrying",
                     chat_id=chat_id,
                     attempt=failures,
                     retry_in=delay,
@@ -391,7 +401,7 @@ class AiogramSender:
         try:
             await self._bot.delete_webhook(request_timeout=self._timeout)
         except Exception as exc:
-            log.warning("telegram_delete_webhook_failed", error=self.describe(exc))
+            log.warning("telegram deleteWebhook failed; polling anyway", error=self.describe(exc))
         while not stop.is_set():
             poll = asyncio.ensure_future(self.get_updates(offset, poll_seconds=poll_seconds))
             stopper = asyncio.ensure_future(stop.wait())
@@ -404,7 +414,7 @@ class AiogramSender:
                 batch = poll.result()
             except TelegramError as exc:
                 failures += 1
-                log.warning("telegram_get_updates_retry", attempt=failures, error=str(exc))
+                log.warning("telegram getUpdates failed; retrying", attempt=failures, error=str(exc))
                 try:
                     await pause(self.backoff(failures), stop)
                 except DeliveryStopped:
