@@ -110,7 +110,7 @@ class DiagnosticsMetrics:
             self.stream_length.labels(stream).set(health.length)
             for group in health.groups:
                 self.pending.labels(stream, group.name).set(group.pending)
-                self.lag.labels(stream, group.name).set(math.nan if group.lag is None else group.lag)
+                self.lag.labels(stream, group.name).set(group.lag)
                 idle = group.oldest_pending_idle_ms
                 self.oldest_idle.labels(stream, group.name).set(0 if idle is None else idle / 1000)
         self.dead_letter.set(report.dead_letter_length)

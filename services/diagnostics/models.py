@@ -90,7 +90,9 @@ class GroupHealth(BaseModel):
     name: str
     consumers: int
     pending: int
-    lag: int | None = Field(description="entries not yet delivered to the group; null: Redis cannot tell")
+    lag: int = Field(
+        description="entries not yet delivered to the group (counted up to 10000 where Redis does not say)"
+    )
     last_delivered_id: str
     oldest_pending_idle_ms: int | None = Field(
         description="idle time of the group's oldest pending entry; null: nothing pending"

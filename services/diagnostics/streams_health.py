@@ -10,17 +10,16 @@ from redis.asyncio import Redis
 from services.diagnostics.models import GroupHealth, StreamHealth
 from shared.streams import GROUPS, StreamNames
 
-# Redis < 7 reports no lag; we count undelivered entries ourselves, up to this many.
+# Where Redis reports no lag we count the undelivered entries ourselves, up to this many.
 LAG_COUNT_CAP = 10_000
 
 
-async def _lag(redis: Redis, key: str, group: dict[str, Any]) -> int | None:
+async def _lag(redis: Redis, key: str, group: dict[str, Any]) -> int:
     lag = group.get("lag")
     if lag is not None:
         return int(lag)
-    if "entries-read" in group:
-        # Redis 7 answers lag = nil when it cannot tell (entries were deleted): say so.
-        return None
+    # Redis < 7 has no lag, and Redis 7 answers nil when it cannot tell (a group created
+    # at $, entries deleted): count the entries after the group's last delivered id.
     last = str(group.get("last-delivered-id", "0-0"))
     entries = await redis.xrange(key, min=f"({last}", max="+", count=LAG_COUNT_CAP)
     return len(entries or [])
