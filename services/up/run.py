@@ -78,7 +78,7 @@ def _load_settings() -> Settings:
 
 def _telegram(settings: Settings, host: str, say: Console) -> _Telegram:
     telegram = settings.telegram
-    if telegram.telegram_bot_token is not None:
+    if telegram.telegram_bot_token is not None and telegram.telegram_bot_token.get_secret_value().strip():
         if not telegram.telegram_chat_id:
             raise UpError("TELEGRAM_BOT_TOKEN is set but TELEGRAM_CHAT_ID is not: set both, or neither")
         return _Telegram({}, None)
@@ -116,7 +116,8 @@ def run_up(*, demo: bool, data_dir: Path | None) -> int:
         lock.acquire()
     except AlreadyRunning as exc:
         raise UpError(str(exc)) from None
-    servers = Servers(home, settings.redis.redis_url, settings.database.database_url)
+    # An empty value (REDIS_URL= in .env) means unset, as everywhere else.
+    servers = Servers(home, settings.redis.redis_url or None, settings.database.database_url or None)
     try:
         with _interruptible():
             ports = _choose_ports(settings, host, console)

@@ -1,0 +1,209 @@
+"""compose.yaml runs real `intentflow` commands with known settings, scales, and checks health."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import typer.main
+import yaml
+
+from services.cli import app
+from shared.settings import known_variables
+
+try:  # typer vendors click since 0.2x; its errors are click's shape under typer's name
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover
+    from click import UsageError  # type: ignore[assignment]
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "intentflow:latest"
+SERVICES = ("signal-monitor", "orchestrator", "notifier", "diagnostics")
+SCALED = ("orchestrator", "notifier")
+PUBLISHED = {"diagnostics": 8000, "signal-monitor": 8001}
+# Variables compose.yaml reads that no intentflow setting does (listed in .env.example too).
+COMPOSE_ONLY = {"POSTGRES_PASSWORD", "PUBLISH_HOST"}
+POSTGRES_IMAGE_VARIABLES = {"POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD"}
+REQUIRED_SECRETS = {
+    "notifier": {"TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID"},
+    "signal-monitor": {"WEBHOOK_SECRET"},
+    "postgres": {"POSTGRES_PASSWORD"},
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "compose.yaml").read_text()))
+
+
+@pytest.fixture(scope="module")
+def ours(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services that run the intentflow image."""
+    return {name: s for name, s in compose["services"].items() if s.get("image") == IMAGE}
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def resolve(argv: list[str]) -> typer.Context:
+    """Parse argv as the intentflow command line would; raise UsageError where it would refuse."""
+    group: Any = typer.main.get_command(app)
+    name, *args = argv
+    command = group.get_command(typer.Context(group), name)
+    if command is None:
+        raise UsageError(f"no such intentflow command {name!r}")
+    return command.make_context(name, list(args))
+
+
+def test_the_four_services_migrate_and_servers_are_there(compose, ours) -> None:
+    assert set(SERVICES) <= set(ours)
+    assert "migrate" in ours
+    assert compose["services"]["redis"]["image"].startswith("redis:7")
+    assert compose["services"]["postgres"]["image"].startswith("postgres:16")
+
+
+def test_every_command_is_a_real_intentflow_command(ours) -> None:
+    for name, service in ours.items():
+        command = service["command"]
+        assert isinstance(command, list), f"{name}: give the command as a list"
+        resolve(command)  # raises on an unknown command, option or SERVICE choice
+    for name in SERVICES:
+        assert ours[name]["command"] == ["run", name]
+        assert str(resolve(ours[name]["command"]).params["service"]) == name
+    assert ours["migrate"]["command"] == ["migrate"]
+
+
+def test_the_resolver_refuses_what_intentflow_refuses() -> None:
+    with pytest.raises(UsageError):
+        resolve(["run", "signal_monitor"])
+    with pytest.raises(UsageError):
+        resolve(["serve", "orchestrator"])
+    with pytest.raises(UsageError):
+        resolve(["telegram-sandbox", "--no-such-option"])
+
+
+def test_one_image_built_from_the_dockerfile(ours) -> None:
+    for name, service in ours.items():
+        assert service["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}, name
+    assert (ROOT / "deploy" / "Dockerfile").is_file()
+
+
+def test_every_environment_variable_is_a_known_setting(compose, ours) -> None:
+    known = known_variables()
+    for name, service in ours.items():
+        unknown = set(_environment(service)) - known
+        assert not unknown, f"{name} sets variables no setting reads: {sorted(unknown)}"
+    postgres_env = set(_environment(compose["services"]["postgres"]))
+    assert postgres_env <= POSTGRES_IMAGE_VARIABLES
+    interpolated = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", (ROOT / "compose.yaml").read_text()))
+    assert not interpolated - known - COMPOSE_ONLY, f"unknown: {sorted(interpolated - known - COMPOSE_ONLY)}"
+
+
+def test_required_secrets_fail_with_a_message_when_missing(compose) -> None:
+    for name, variables in REQUIRED_SECRETS.items():
+        env = _environment(compose["services"][name])
+        for variable in variables:
+            assert re.fullmatch(rf"\$\{{{variable}:\?.+\}}", env[variable]), (
+                f"{name}: {variable}={env[variable]}"
+            )
+
+
+def test_services_bind_all_addresses_and_talk_to_the_compose_servers(ours) -> None:
+    for name in [*SERVICES, "migrate"]:
+        env = _environment(ours[name])
+        assert env["BIND_HOST"] == "0.0.0.0", name
+        assert env["REDIS_URL"].startswith("redis://redis:"), name
+        assert env["DATABASE_URL"].startswith("postgresql://") and "@postgres:" in env["DATABASE_URL"], name
+
+
+def test_scaled_services_have_no_fixed_name_or_host_port(compose) -> None:
+    for name in SCALED:
+        service = compose["services"][name]
+        assert "container_name" not in service, name
+        assert not service.get("ports"), name
+
+
+def test_published_ports_map_onto_the_port_the_service_listens_on(compose) -> None:
+    variable = {"diagnostics": "DIAGNOSTICS_PORT", "signal-monitor": "WEBHOOK_PORT"}
+    for name, inside in PUBLISHED.items():
+        service = compose["services"][name]
+        assert "container_name" not in service
+        (mapping,) = service["ports"]
+        assert str(mapping).endswith(f":{inside}"), mapping
+        # The listening port is pinned inside the container, so a host port set in .env
+        # (passed through env_file) cannot move the server away from the mapping.
+        assert _environment(service)[variable[name]] == str(inside)
+
+
+def test_healthchecks(compose, ours) -> None:
+    services = compose["services"]
+    assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+    assert services["redis"]["volumes"] and services["postgres"]["volumes"]
+    for name in SERVICES:
+        test = ours[name]["healthcheck"]["test"]
+        assert test[:4] == ["CMD", "python", "-m", "services.up.healthcheck"], name
+        assert test[4] == name
+
+
+def test_services_wait_for_healthy_servers_and_a_finished_migration(compose, ours) -> None:
+    for name in SERVICES:
+        depends = ours[name]["depends_on"]
+        assert depends["redis"]["condition"] == "service_healthy", name
+        assert depends["postgres"]["condition"] == "service_healthy", name
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+    assert ours["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert ours["migrate"]["restart"] == "no"
+
+
+def test_env_file_is_optional(ours) -> None:
+    for name, service in ours.items():
+        assert {"path": ".env", "required": False} in service["env_file"], name
+
+
+def test_sandbox_is_behind_a_profile(compose) -> None:
+    sandbox = compose["services"]["telegram-sandbox"]
+    assert sandbox["profiles"] == ["sandbox"]
+    assert resolve(sandbox["command"]).params["port"] == 8081
+
+
+def _docker_compose() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return (
+            subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.skipif(not _docker_compose(), reason="`docker compose` is not installed here")
+def test_docker_compose_accepts_the_file(tmp_path) -> None:
+    env = {
+        "POSTGRES_PASSWORD": "pw",
+        "TELEGRAM_BOT_TOKEN": "123456:AAtest",
+        "TELEGRAM_CHAT_ID": "1",
+        "WEBHOOK_SECRET": "s",
+        "PATH": "/usr/bin:/bin:/usr/local/bin",
+    }
+    checked = subprocess.run(
+        ["docker", "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    missing = subprocess.run(
+        ["docker", "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
+        capture_output=True, text=True, env={"PATH": env["PATH"]}, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
