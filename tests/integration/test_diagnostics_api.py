@@ -45,7 +45,7 @@ async def test_streams_report_lengths_groups_pending_lag_and_idle(
     ids = [await redis.xadd(names.signals, {"type": "SignalEmitted", "event": "{}"}) for _ in range(5)]
     await redis.xgroup_create(names.signals, "orchestrator", id="0")
     await redis.xgroup_create(names.signals, "notifier", id="$")
-    read = await redis.xreadgroup("orchestrator", "orch-1", {names.signals: ">"}, count=3)
+    read: Any = await redis.xreadgroup("orchestrator", "orch-1", {names.signals: ">"}, count=3)
     assert len(read[0][1]) == 3
     await redis.xack(names.signals, "orchestrator", ids[0])
     await redis.xadd(names.signals, {"type": "SignalEmitted", "event": "{}"})
