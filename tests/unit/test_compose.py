@@ -177,33 +177,53 @@ def test_sandbox_is_behind_a_profile(compose) -> None:
     assert resolve(sandbox["command"]).params["port"] == 8081
 
 
-def _docker_compose() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return (
-            subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
+def _compose_command() -> list[str] | None:
+    """Return `docker compose`, else a standalone Compose v2 `docker-compose`, else None."""
+    for argv in (["docker", "compose"], ["docker-compose"]):
+        found = shutil.which(argv[0])
+        if found is None:
+            continue
+        argv = [found, *argv[1:]]
+        try:
+            version = subprocess.run([*argv, "version"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if version.returncode == 0 and re.search(r"v?2\.\d+", version.stdout):
+            return argv
+    return None
 
 
-@pytest.mark.skipif(not _docker_compose(), reason="`docker compose` is not installed here")
+COMPOSE = _compose_command()
+
+
+@pytest.mark.skipif(COMPOSE is None, reason="no `docker compose` (v2) here")
 def test_docker_compose_accepts_the_file(tmp_path) -> None:
-    env = {
+    assert COMPOSE is not None
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    base = [*COMPOSE, "-f", str(ROOT / "compose.yaml"), "--env-file", str(empty)]
+    secrets = {
         "POSTGRES_PASSWORD": "pw",
         "TELEGRAM_BOT_TOKEN": "123456:AAtest",
         "TELEGRAM_CHAT_ID": "1",
         "WEBHOOK_SECRET": "s",
-        "PATH": "/usr/bin:/bin:/usr/local/bin",
     }
-    checked = subprocess.run(
-        ["docker", "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
-        capture_output=True, text=True, env=env, timeout=60,
-    )  # fmt: skip
-    assert checked.returncode == 0, checked.stderr
+    path = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+    for profile in ([], ["--profile", "sandbox"]):
+        checked = subprocess.run(
+            [*base, *profile, "config", "-q"],
+            capture_output=True,
+            text=True,
+            env={**path, **secrets},
+            timeout=60,
+        )
+        assert checked.returncode == 0, checked.stderr
     missing = subprocess.run(
-        ["docker", "compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
-        capture_output=True, text=True, env={"PATH": env["PATH"]}, timeout=60,
-    )  # fmt: skip
-    assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
+        [*base, "config", "-q"],
+        capture_output=True,
+        text=True,
+        env={**path, "POSTGRES_PASSWORD": "pw"},
+        timeout=60,
+    )
+    assert missing.returncode != 0
+    assert "TELEGRAM_BOT_TOKEN" in missing.stderr or "WEBHOOK_SECRET" in missing.stderr
