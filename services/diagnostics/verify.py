@@ -25,16 +25,19 @@ class Verdict:
     err: str = ""
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def render(report: dict[str, Any], url: str) -> str:
     """Render a recent-signals report: the verdict, the counts, then each violation."""
     counts = report["counts"]
     violations_total = sum(int(counts[k]) for k in VIOLATION_TYPES)
+    signals = _plural(int(counts["total_signals"]), "signal")
     head = (
-        f"PASS: {counts['total_signals']} signals in the last {report['hours']} h, "
-        "every one decided and every failure announced"
+        f"PASS: {signals} in the last {report['hours']} h, every one decided and every failure announced"
         if report["pass"]
-        else f"FAIL: {violations_total} violation{'s' if violations_total != 1 else ''} "
-        f"among {counts['total_signals']} signals in the last {report['hours']} h"
+        else f"FAIL: {_plural(violations_total, 'violation')} among {signals} in the last {report['hours']} h"
     )
     lines = [
         head,
