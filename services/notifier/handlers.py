@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -19,11 +20,12 @@ log = get_logger("intentflow.notifier")
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One signal's line in a Telegram message."""
+    """One signal's line in a Telegram message, and the event it announces (kept on its row)."""
 
     signal_id: uuid.UUID
     symbol: str
     text: str
+    event: dict[str, Any] | None = None
 
 
 @dataclass
@@ -70,9 +72,9 @@ class Notifier:
                 result = await self.sender.send(self.chat_id, messages.chunk_text(texts, indices))
             except DeliveryStopped as exc:
                 raise RetryLater(str(exc)) from None
-            context = {"coalesced": len(chunk)}
+            context: dict[str, Any] = {"coalesced": len(chunk)}
             if not result.delivered:
-                context["error"] = result.permanent_error or "refused"  # type: ignore[assignment]
+                context["error"] = result.permanent_error or "refused"
             rows = [
                 records.MessageRow(
                     signal_id=item.signal_id,
@@ -82,7 +84,7 @@ class Notifier:
                     symbol=item.symbol,
                     blocked=not result.delivered,
                     telegram_message_id=result.message_id,
-                    context=context,
+                    context={**context, "event": item.event},
                 )
                 for item in chunk
             ]

@@ -16,7 +16,7 @@ from services.orchestrator.decide import intent_id_for
 from shared.events import OrderDecided, SignalEmitted
 from shared.streams import StreamNames, encode_entry
 from tests.support.eventually import eventually
-from tests.support.pipeline import running, signal
+from tests.support.pipeline import group_drained, running, signal
 from tests.support.sandbox import inject, new_token, received
 
 CHAT = "4242"
@@ -207,13 +207,8 @@ async def test_a_redelivered_signal_is_not_sent_again(notifier_settings, pool, r
         await eventually(lambda: rows(pool, sig.signal_id))
         await publish(redis, names.signals, sig)
         await publish(redis, names.signals, sig)
-        await eventually(lambda: _group_idle(redis, names.signals))
+        await eventually(lambda: group_drained(redis, names.signals, "notifier"))
     assert lines_about(await received(sandbox.url), sig) == 1
-
-
-async def _group_idle(redis: Redis, stream: str) -> bool:
-    group = next(g for g in await redis.xinfo_groups(stream) if g["name"] == "notifier")
-    return group["pending"] == 0 and group["lag"] == 0
 
 
 async def test_the_token_never_reaches_a_log_line(

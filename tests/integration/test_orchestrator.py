@@ -14,7 +14,7 @@ from shared.consumer import ensure_group
 from shared.db import SchemaOutOfDate
 from shared.streams import GROUP_ORCHESTRATOR, StreamNames
 from tests.support.eventually import eventually
-from tests.support.pipeline import events, running, signal, xadd
+from tests.support.pipeline import events, group_drained, running, signal, xadd
 
 
 async def _intent(pool: asyncpg.Pool, signal_id: uuid.UUID) -> Any:
@@ -113,15 +113,12 @@ async def test_the_same_signal_three_times_makes_one_intent_and_one_order(
     async with running(app):
         for _ in range(3):
             await xadd(redis, names.signals, sig)
-        await eventually(lambda: _group_done(redis, names.signals), what="all three entries acknowledged")
+        await eventually(
+            lambda: group_drained(redis, names.signals, GROUP_ORCHESTRATOR),
+            what="all three entries acknowledged",
+        )
     assert await pool.fetchval("SELECT count(*) FROM order_intents WHERE signal_id = $1", sig.signal_id) == 1
     assert await pool.fetchval("SELECT count(*) FROM paper_orders") == 1
-
-
-async def _group_done(redis: Redis, stream: str) -> bool:
-    groups = await redis.xinfo_groups(stream)
-    group = next((g for g in groups if g["name"] == GROUP_ORCHESTRATOR), None)
-    return group is not None and group["pending"] == 0 and group["lag"] == 0
 
 
 async def test_a_malformed_entry_goes_to_dead_letter_and_the_next_signal_flows(

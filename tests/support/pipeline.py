@@ -64,3 +64,13 @@ async def xadd(redis: Redis, stream: str, event: SignalEmitted) -> str:
 async def events(redis: Redis, stream: str) -> list[dict[str, Any]]:
     """Decode every entry of a stream the way any Redis client can."""
     return [json.loads(fields[EVENT_FIELD]) for _, fields in await redis.xrange(stream, "-", "+")]
+
+
+async def group_drained(redis: Redis, stream: str, group: str) -> bool:
+    """Tell whether a group has read every entry of a stream and acknowledged them all (Redis ≥ 6.2)."""
+    groups = await redis.xinfo_groups(stream)
+    info = next((g for g in groups if g["name"] == group), None)
+    if info is None or info["pending"] != 0:
+        return False
+    last = await redis.xrevrange(stream, "+", "-", count=1)
+    return not last or info["last-delivered-id"] == last[0][0]
