@@ -116,9 +116,15 @@ def publish(
         str | None, typer.Option("--signal-id", help="a UUID; default: a new one")
     ] = None,
 ) -> None:
-    """Validate and publish one signal; print its signal_id."""
+    """Validate and publish one signal through the gates; print its signal_id.
+
+    Exit 0 when published (or already published under that id), 2 for invalid input,
+    3 when a gate (kill switch, alerts disabled, cooldown, price change) held it back,
+    1 when Redis is unreachable.
+    """
     from pydantic import ValidationError
 
+    from services.signal_monitor.gates import Result
     from shared.events import SignalEmitted, describe_errors
 
     data: dict[str, Any] = {
@@ -136,32 +142,41 @@ def publish(
     except ValidationError as exc:
         raise fail(f"invalid signal: {describe_errors(exc)}") from None
     settings = _settings()
-    new, _ = asyncio.run(_publish(settings, event))
+    outcome = asyncio.run(_publish(settings, event))
+    if outcome.result is Result.HELD:
+        typer.secho(
+            f"held back ({outcome.gate.code.value}): {outcome.gate.reason}; "
+            f"signal {event.signal_id} was not published",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        raise typer.Exit(3)
     typer.echo(str(event.signal_id))
-    if not new:
+    if outcome.result is Result.DUPLICATE:
         typer.secho("(already published: nothing new was sent)", err=True)
 
 
-async def _publish(settings: Settings, event: Any) -> tuple[bool, str]:
-    from shared.publishing import publish_signal
+async def _publish(settings: Settings, event: Any) -> Any:
+    from redis.exceptions import RedisError
+
+    from services.signal_monitor.app import resolve_redis_url
+    from services.signal_monitor.gates import PublishUnavailable, SignalGate, load_configured_watchlist
     from shared.redis import create_redis
-    from shared.service import resolve_urls
-    from shared.streams import StreamNames
 
     try:
-        redis_url, _ = resolve_urls(settings)
+        redis_url = resolve_redis_url(settings)
+        watchlist = load_configured_watchlist(settings)
     except SettingsError as exc:
         raise fail(str(exc)) from None
-    names = StreamNames(settings.runtime.stream_prefix)
     redis = create_redis(redis_url)
     try:
-        return await publish_signal(
-            redis,
-            names.signals,
-            event,
-            prefix=settings.runtime.stream_prefix,
-            maxlen=settings.runtime.stream_maxlen,
-        )
+        return await SignalGate.from_settings(settings, redis, watchlist).submit(event)
+    except (RedisError, PublishUnavailable, OSError) as exc:
+        raise fail(
+            f"cannot reach Redis ({type(exc).__name__}: {exc}); nothing was published. "
+            "Check REDIS_URL, or that `intentflow up` runs with this INTENTFLOW_DATA_DIR",
+            1,
+        ) from None
     finally:
         await redis.aclose()
 
