@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 import uuid
+from typing import Any
 
 import asyncpg
 
@@ -107,11 +108,8 @@ async def _time(url: str, hours: int) -> tuple[float, int]:
         await pool.close()
 
 
-def main() -> None:
-    """Plant, time, report as JSON, and drop the bench database."""
-    admin_url = os.environ.get("DATABASE_URL")
-    if not admin_url:
-        sys.exit("set DATABASE_URL to an admin PostgreSQL URL (the bench creates its own database)")
+def measure(admin_url: str) -> dict[str, Any]:
+    """Plant the month in a database of its own, time the query, drop the database; return the figures."""
     name = f"intentflow_bench_diag_{uuid.uuid4().hex[:8]}"
     url = create_run_database(admin_url, name)
     try:
@@ -123,19 +121,23 @@ def main() -> None:
         ms_168, signals_168 = asyncio.run(_time(url, 168))
     finally:
         drop_database(admin_url, name)
-    print(
-        json.dumps(
-            {
-                "diagnostics_ms": round(ms_12, 2),
-                "diagnostics_ms_168h": round(ms_168, 2),
-                "signals_in_12h": signals_12,
-                "signals_in_168h": signals_168,
-                **planted,
-                "plant_s": round(plant_s, 1),
-                "runs": RUNS,
-            }
-        )
-    )
+    return {
+        "diagnostics_ms": round(ms_12, 2),
+        "diagnostics_ms_168h": round(ms_168, 2),
+        "signals_in_12h": signals_12,
+        "signals_in_168h": signals_168,
+        **planted,
+        "plant_s": round(plant_s, 1),
+        "runs": RUNS,
+    }
+
+
+def main() -> None:
+    """Print the figures as one JSON object."""
+    admin_url = os.environ.get("DATABASE_URL")
+    if not admin_url:
+        sys.exit("set DATABASE_URL to an admin PostgreSQL URL (the bench creates its own database)")
+    print(json.dumps(measure(admin_url)))
 
 
 if __name__ == "__main__":

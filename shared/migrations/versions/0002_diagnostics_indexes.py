@@ -53,8 +53,18 @@ def upgrade() -> None:
         postgresql_include=["signal_id"],
     )
 
+    # Each sent signal looks up its intent's status: answered from this index alone
+    # (index-only), not from the order_intents heap, once the table is vacuumed.
+    op.create_index(
+        "ix_order_intents_signal_status",
+        "order_intents",
+        ["signal_id"],
+        postgresql_include=["status", "symbol"],
+    )
+
 
 def downgrade() -> None:
+    op.drop_index("ix_order_intents_signal_status", table_name="order_intents")
     op.drop_index("ix_order_intents_failed_decision", table_name="order_intents")
     op.drop_index("ix_telegram_messages_blocked", table_name="telegram_messages")
     op.drop_index("ix_telegram_messages_failure_notice", table_name="telegram_messages")
