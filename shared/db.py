@@ -78,16 +78,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
     """Open an asyncpg pool; JSONB columns map to Python objects."""
+    # Custom plans always: asyncpg prepares every statement, and a generic plan chosen while
+    # a table was small (a fresh deploy) stays a sequential scan forever after.
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=30,
+        server_settings={"plan_cache_mode": "force_custom_plan"},
     )
     assert pool is not None
     return pool
 
 
-async def wait_for_pool(
-    url: str, *, stop: asyncio.Event | None = None, log: Any = None
-) -> asyncpg.Pool:
+async def wait_for_pool(url: str, *, stop: asyncio.Event | None = None, log: Any = None) -> asyncpg.Pool:
     """Open a pool, retrying with backoff while PostgreSQL is unreachable."""
     delay = 0.2
     while True:
@@ -97,8 +102,6 @@ async def wait_for_pool(
             if stop is not None and stop.is_set():
                 raise
             if log is not None:
-                log.warning(
-                    "postgres unreachable, retrying", error=type(exc).__name__, delay_s=delay
-                )
+                log.warning("postgres unreachable, retrying", error=type(exc).__name__, delay_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -93,11 +93,13 @@ async def active_intents(
     if not keys:
         return []
     pad = timedelta(seconds=window_s)
+    # LATERAL: one index range scan of ix_order_intents_dedup per key, whatever the statistics say.
     rows = await conn.fetch(
-        "SELECT i.symbol, i.side, i.strategy, i.emitted_at FROM order_intents i"
-        " JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(symbol, side, strategy)"
-        "   ON i.symbol = k.symbol AND i.side = k.side AND i.strategy = k.strategy"
-        " WHERE i.status <> 'DEDUP_SKIPPED' AND i.emitted_at > $4 AND i.emitted_at < $5",
+        "SELECT k.symbol, k.side, k.strategy, i.emitted_at"
+        " FROM unnest($1::text[], $2::text[], $3::text[]) AS k(symbol, side, strategy)"
+        " CROSS JOIN LATERAL (SELECT emitted_at FROM order_intents"
+        "   WHERE symbol = k.symbol AND side = k.side AND strategy = k.strategy"
+        "     AND emitted_at > $4 AND emitted_at < $5 AND status <> 'DEDUP_SKIPPED') AS i",
         [k[0] for k in keys],
         [k[1] for k in keys],
         [k[2] for k in keys],
