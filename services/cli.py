@@ -23,6 +23,15 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _main() -> None:
+    """Signal-to-order pipeline: every signal becomes exactly one order intent with a recorded decision."""
+    from shared.logging import configure_logging
+
+    # Commands print their results on stdout; every log line goes to stderr.
+    configure_logging("cli", level="WARNING", fmt="console")
+
+
 class Service(StrEnum):
     SIGNAL_MONITOR = "signal-monitor"
     ORCHESTRATOR = "orchestrator"
