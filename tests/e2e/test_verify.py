@@ -82,3 +82,17 @@ def test_verify_exits_2_when_unreachable_or_refused(
 
     bad_range = run_cli("verify", "--hours", "0", env=env)
     assert bad_range.returncode == 2 and "hours" in bad_range.stderr.lower()
+
+
+def test_verify_exits_2_when_diagnostics_answers_503(service_env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **service_env,
+        "DIAGNOSTICS_PORT": str(port),
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nothing",
+    }
+    with services([("diagnostics", intentflow("run", "diagnostics"))], env, tmp_path / "logs"):
+        wait_sync(lambda: answering(f"http://127.0.0.1:{port}"), what="diagnostics up")
+        down = run_cli("verify", env=env)
+    assert down.returncode == 2
+    assert "answered 503" in down.stderr and "PostgreSQL unavailable" in down.stderr
