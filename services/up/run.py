@@ -26,6 +26,7 @@ from services.up.servers import (
     write_endpoints,
 )
 from services.up.supervisor import Console, Supervisor, install_stop_handlers
+from shared.embedded import EmbeddedServerError
 from shared.settings import Settings
 
 
@@ -124,7 +125,7 @@ def run_up(*, demo: bool, data_dir: Path | None) -> int:
             telegram = _telegram(settings, host, console)
             try:
                 redis_url, database_url = servers.start(console.say)
-            except AlreadyRunning as exc:
+            except (AlreadyRunning, EmbeddedServerError) as exc:
                 raise UpError(str(exc)) from None
             _migrate(database_url, console)
             secret, secret_file = _webhook_secret(settings, home, console)

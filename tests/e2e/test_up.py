@@ -4,9 +4,11 @@ a stop and a start that keeps the data, and a killed child that `up` brings back
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,13 +28,23 @@ START_TIMEOUT = 120.0
 
 
 @pytest.fixture
-def up_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def data_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: as root the embedded PostgreSQL runs as an unprivileged
+    # user that must traverse every parent, and each new pytest session (another one running
+    # beside this) resets /tmp/pytest-of-<user> to 0700.
+    path = Path(tempfile.mkdtemp(prefix="intentflow-up-e2e-"))
+    yield path / "data"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def up_env(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The environment of a newcomer's shell: no setting at all, free ports, a fresh data dir."""
     for name in known_variables():
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # no .env of the developer's
     return {
-        "INTENTFLOW_DATA_DIR": str(tmp_path / "data"),
+        "INTENTFLOW_DATA_DIR": str(data_dir),
         "DIAGNOSTICS_PORT": str(free_port()),
         "WEBHOOK_PORT": str(free_port()),
         "TELEGRAM_SANDBOX_PORT": str(free_port()),
@@ -180,6 +192,9 @@ async def test_up_runs_the_pipeline_and_keeps_its_data_across_a_restart(up_env, 
 async def test_a_killed_child_is_restarted_and_the_pipeline_catches_up(up_env, tmp_path) -> None:
     data_dir = Path(up_env["INTENTFLOW_DATA_DIR"])
     with running_up(up_env, tmp_path / "up.log") as up:
+        second_up = run_cli("up", env=up_env, timeout=60)
+        assert second_up.returncode == 1
+        assert f"another `intentflow up` (pid {up.pid})" in second_up.stderr
         first = _child_pid(up, "orchestrator")
         assert first is not None
         os.kill(first, signal.SIGKILL)
