@@ -18,10 +18,13 @@ from services.signal_monitor.gates import Result
 from shared.events import SignalEmitted
 from shared.settings import Settings
 from shared.streams import StreamNames
-from tests.integration.test_webhook import SECRET, contract, monitor_settings, serve  # noqa: F401
+from tests.integration import test_webhook
+from tests.integration.test_webhook import SECRET, contract, serve
 from tests.support.eventually import eventually
 from tests.support.pipeline import events
 from tests.unit.test_strategy import DATA, predict_sample_signals
+
+monitor_settings = test_webhook.monitor_settings  # the same fixture: Settings for this test's prefix
 
 
 def sample_watchlist(tmp_path: Path, *, speed: float = 0) -> Path:
