@@ -251,6 +251,7 @@ COMMAND_MODULES = (
     "services.notifier.commands",
     "services.orchestrator.commands",
     "services.up.commands",
+    "services.dead_letter.commands",
 )
 
 
