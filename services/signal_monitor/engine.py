@@ -115,7 +115,7 @@ class Engine:
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
             self.done.set()
-            log.info("engine stopped", stopped_early=stop.is_set())
+            log.info("engine stopped" if stop.is_set() else "engine finished: every entry has ended")
 
     async def _stop_tasks(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         busy = []
