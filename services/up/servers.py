@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import psutil
+
 from shared.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
@@ -75,7 +77,7 @@ class Servers:
     def start(self, say: Callable[[str], None] = print) -> tuple[str, str]:
         """Start an embedded server for each URL not configured; record them for other commands."""
         other = read_discovery(self.data_dir)
-        if other is not None and other.pid != os.getpid():
+        if other is not None and other.pid != os.getpid() and _is_up(other.pid):
             raise AlreadyRunning(
                 f"another `intentflow up` (pid {other.pid}) serves data dir {self.data_dir}: stop it first"
             )
@@ -110,6 +112,15 @@ class Servers:
                 errors.append(f"{type(server).__name__}: {exc}")
         if errors:
             raise RuntimeError("; ".join(errors))
+
+
+def _is_up(pid: int) -> bool:
+    # The lock already keeps two `up`s apart; this catches an owner that predates it, and
+    # ignores a stale record whose pid now belongs to some other program.
+    try:
+        return "up" in psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
 
 
 def webhook_secret(data_dir: Path) -> tuple[str, Path]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import sys
@@ -25,9 +26,20 @@ _PR_SET_PDEATHSIG = 1
 _COLORS = ("36", "33", "35", "32", "34", "31")
 
 
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    # Looked up in the parent: the child, between fork and exec, must not dlopen (a lock
+    # another thread held at fork time would never be released there).
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -128,6 +140,7 @@ class Supervisor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _spawn(self, child: Child) -> asyncio.subprocess.Process:
+        linux = sys.platform.startswith("linux") and _prctl() is not None
         process = await asyncio.create_subprocess_exec(
             *child.argv,
             env=dict(child.env),
@@ -135,7 +148,7 @@ class Supervisor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=_die_with_parent if linux else None,
             limit=1 << 20,
         )
         child.process = process
