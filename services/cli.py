@@ -118,12 +118,8 @@ def publish(
     side: Annotated[str, typer.Argument(help="BUY or SELL")],
     symbol: Annotated[str, typer.Argument(help="e.g. BTC_USDT")],
     price: Annotated[str, typer.Option("--price", help="the signal's price, a decimal > 0")],
-    strategy: Annotated[
-        str, typer.Option(help="strategy name, 1-64 chars of A-Za-z0-9:_.-")
-    ] = "manual",
-    signal_id: Annotated[
-        str | None, typer.Option("--signal-id", help="a UUID; default: a new one")
-    ] = None,
+    strategy: Annotated[str, typer.Option(help="strategy name, 1-64 chars of A-Za-z0-9:_.-")] = "manual",
+    signal_id: Annotated[str | None, typer.Option("--signal-id", help="a UUID; default: a new one")] = None,
 ) -> None:
     """Validate and publish one signal through the gates; print its signal_id.
 
@@ -192,12 +188,8 @@ async def _publish(settings: Settings, event: Any) -> Any:
 
 @app.command()
 def tail(
-    stream: Annotated[
-        str, typer.Argument(help="signals, order-decisions or dead-letter")
-    ] = "signals",
-    from_start: Annotated[
-        bool, typer.Option("--from-start", help="print existing entries first")
-    ] = False,
+    stream: Annotated[str, typer.Argument(help="signals, order-decisions or dead-letter")] = "signals",
+    from_start: Annotated[bool, typer.Option("--from-start", help="print existing entries first")] = False,
     count: Annotated[int | None, typer.Option(help="stop after this many entries")] = None,
 ) -> None:
     """Follow a stream and print each event as one JSON line."""

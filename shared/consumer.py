@@ -100,9 +100,7 @@ class ConsumerHealth:
     last_ok: float = field(default_factory=time.monotonic)
 
 
-async def publish(
-    redis: Redis, stream_key: str, event: BaseModel, *, maxlen: int | None = None
-) -> str:
+async def publish(redis: Redis, stream_key: str, event: BaseModel, *, maxlen: int | None = None) -> str:
     """XADD one event as a JSON entry; return the entry id."""
     entry_id = await redis.xadd(
         stream_key,
@@ -198,9 +196,7 @@ class StreamConsumer(Generic[E]):
                 if not is_transient(exc):
                     raise
                 self._mark_down(exc)
-                self.log.warning(
-                    "redis unreachable, retrying", error=type(exc).__name__, delay_s=backoff
-                )
+                self.log.warning("redis unreachable, retrying", error=type(exc).__name__, delay_s=backoff)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
                 group_ready = False
@@ -256,16 +252,12 @@ class StreamConsumer(Generic[E]):
                     if stop.is_set():
                         self.log.info("stopping with entries unacknowledged", entries=len(batch))
                         return
-                    self.log.warning(
-                        "transient failure, retrying", error=type(exc).__name__, delay_s=backoff
-                    )
+                    self.log.warning("transient failure, retrying", error=type(exc).__name__, delay_s=backoff)
                     await _sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
                 if len(batch) > 1:
-                    self.log.warning(
-                        "batch failed, retrying its entries one by one", error=repr(exc)[:300]
-                    )
+                    self.log.warning("batch failed, retrying its entries one by one", error=repr(exc)[:300])
                     for delivery in batch:
                         await self._handle([delivery], stop)
                     return

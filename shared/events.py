@@ -95,9 +95,7 @@ def _parse_price(value: Any) -> Decimal:
     try:
         price = Decimal(value.strip()) if isinstance(value, str) else value
     except InvalidOperation:
-        raise ValueError(
-            f"price must be a decimal number such as 43210.5, not {value!r:.40}"
-        ) from None
+        raise ValueError(f"price must be a decimal number such as 43210.5, not {value!r:.40}") from None
     if not price.is_finite():
         raise ValueError("price must be finite (not NaN or infinity)")
     if price <= 0:

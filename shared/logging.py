@@ -42,9 +42,7 @@ def _scrub_value(value: Any) -> Any:
     return value
 
 
-def _scrub_processor(
-    _: Any, __: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
+def _scrub_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return {k: _scrub_value(v) for k, v in event_dict.items()}
 
 

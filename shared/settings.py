@@ -97,26 +97,20 @@ class TradingSettings(_Base):
 
     @property
     def reject_symbols(self) -> frozenset[str]:
-        return frozenset(
-            s.strip().upper() for s in self.paper_reject_symbols.split(",") if s.strip()
-        )
+        return frozenset(s.strip().upper() for s in self.paper_reject_symbols.split(",") if s.strip())
 
     def require_live_credentials(self) -> None:
         """Stop live mode at start when a credential is missing or a placeholder."""
         if self.trading_mode is not TradingMode.LIVE:
             return
         if not self.exchange:
-            raise SettingsError(
-                "TRADING_MODE=live needs EXCHANGE (a ccxt exchange id such as binance)"
-            )
+            raise SettingsError("TRADING_MODE=live needs EXCHANGE (a ccxt exchange id such as binance)")
         for name, value in (
             ("EXCHANGE_API_KEY", self.exchange_api_key),
             ("EXCHANGE_SECRET", self.exchange_secret),
         ):
             if value is None or value.get_secret_value().strip().lower() in PLACEHOLDERS:
-                raise SettingsError(
-                    f"TRADING_MODE=live needs {name}; it is missing or a placeholder"
-                )
+                raise SettingsError(f"TRADING_MODE=live needs {name}; it is missing or a placeholder")
 
 
 class TelegramSettings(_Base):

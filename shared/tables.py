@@ -78,17 +78,13 @@ class TelegramMessage(SQLModel, table=True):
         Index("ix_telegram_messages_timestamp", "timestamp"),
     )
 
-    id: int | None = Field(
-        default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True)
-    )
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
     signal_id: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
     kind: str = Field(sa_column=Column(String(32), nullable=False))
     chat_id: str = Field(sa_column=Column(String(64), nullable=False))
     message: str = Field(sa_column=Column(Text, nullable=False))
     symbol: str | None = Field(default=None, sa_column=Column(String(32)))
-    blocked: bool = Field(
-        default=False, sa_column=Column(Boolean, nullable=False, server_default="false")
-    )
+    blocked: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
     telegram_message_id: int | None = Field(default=None, sa_column=Column(BigInteger))
     timestamp: datetime = Field(sa_column=_ts())
     decision_type: str | None = Field(default=None, sa_column=Column(String(16)))

@@ -66,11 +66,7 @@ class OrchestratorApp:
             await require_schema(pool)
             await pool.fetchval("SELECT count(*) FROM order_intents WHERE false")
             log.info("[BOOT] order_intents table OK", mode=settings.trading.trading_mode.value)
-            exchange = (
-                self.exchange
-                if self.exchange is not None
-                else make_exchange(settings.trading, pool)
-            )
+            exchange = self.exchange if self.exchange is not None else make_exchange(settings.trading, pool)
             if exchange is not None:
                 await exchange.start()
             pipeline = OrderPipeline(

@@ -47,9 +47,7 @@ def placed(order_id: str, message: str = "") -> Decision:
 
 def failed(failure: FailureClass, message: str) -> Decision:
     """The decision for an order that failed, classed."""
-    return Decision(
-        IntentStatus.ORDER_FAILED, DecisionType.FAILED, ReasonCode(failure.value), message
-    )
+    return Decision(IntentStatus.ORDER_FAILED, DecisionType.FAILED, ReasonCode(failure.value), message)
 
 
 def duplicate(of_emitted_at: datetime, window_s: float) -> Decision:

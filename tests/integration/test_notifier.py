@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -101,7 +102,8 @@ async def test_signal_and_failed_decision_make_two_messages_with_traces(
     event = decided(sig, "ORDER_FAILED", "FAILED", "INSUFFICIENT_FUNDS", "selling 0.03 ETH but only 0 held")
     await plant_intent(pool, event)
     async with running(build_app(notifier_settings())):
-        first, second = ((names.order_decisions, event), (names.signals, sig))
+        first: tuple[str, Any] = (names.order_decisions, event)
+        second: tuple[str, Any] = (names.signals, sig)
         if not decision_first:
             first, second = second, first
         await publish(redis, *first)
@@ -222,7 +224,7 @@ async def test_the_token_never_reaches_a_log_line(
         for sig in sigs:
             await publish(redis, names.signals, sig)
         for sig in sigs:
-            await eventually(lambda s=sig: rows(pool, s.signal_id))
+            await eventually(partial(rows, pool, sig.signal_id))
     assert caplog.records
     assert token not in caplog.text
     assert token.split(":")[1] not in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -100,7 +101,7 @@ async def test_outside_the_window_or_another_side_is_not_a_duplicate(
     async with running(app):
         for sig in (old, new, other_side):
             await xadd(redis, names.signals, sig)
-            await eventually(lambda s=sig: _decided(redis, names, s.signal_id))
+            await eventually(partial(_decided, redis, names, sig.signal_id))
     statuses = [(await _intent(pool, s.signal_id))["status"] for s in (old, new, other_side)]
     assert statuses == ["ORDER_PLACED", "ORDER_PLACED", "ORDER_PLACED"]
 

@@ -63,7 +63,8 @@ async def xadd(redis: Redis, stream: str, event: SignalEmitted) -> str:
 
 async def events(redis: Redis, stream: str) -> list[dict[str, Any]]:
     """Decode every entry of a stream the way any Redis client can."""
-    return [json.loads(fields[EVENT_FIELD]) for _, fields in await redis.xrange(stream, "-", "+")]
+    entries: Any = await redis.xrange(stream, "-", "+")
+    return [json.loads(fields[EVENT_FIELD]) for _, fields in entries]
 
 
 async def group_drained(redis: Redis, stream: str, group: str) -> bool:

@@ -51,9 +51,7 @@ class OrderResult:
         return cls(placed=True, exchange_order_id=order_id, quantity=quantity, message=message)
 
     @classmethod
-    def failed(
-        cls, failure: FailureClass, message: str, quantity: Decimal | None = None
-    ) -> OrderResult:
+    def failed(cls, failure: FailureClass, message: str, quantity: Decimal | None = None) -> OrderResult:
         return cls(placed=False, failure=failure, message=message, quantity=quantity)
 
     @classmethod

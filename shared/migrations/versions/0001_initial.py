@@ -50,9 +50,7 @@ def upgrade() -> None:
         _ts("created_at"),
         _ts("updated_at"),
     )
-    op.create_index(
-        "ix_order_intents_dedup", "order_intents", ["symbol", "side", "strategy", "emitted_at"]
-    )
+    op.create_index("ix_order_intents_dedup", "order_intents", ["symbol", "side", "strategy", "emitted_at"])
     op.create_index("ix_order_intents_created_at", "order_intents", ["created_at"])
 
     op.create_table(
