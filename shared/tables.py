@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlmodel import Field, SQLModel
 
 NUMERIC = Numeric(38, 18)
+SENT_SIGNAL = "blocked = false AND (message LIKE '%BUY SIGNAL%' OR message LIKE '%SELL SIGNAL%')"
 
 
 def _ts(nullable: bool = False, default: bool = True) -> Any:
@@ -40,6 +41,13 @@ class OrderIntent(SQLModel, table=True):
     __table_args__ = (
         Index("ix_order_intents_dedup", "symbol", "side", "strategy", "emitted_at"),
         Index("ix_order_intents_created_at", "created_at"),
+        Index(
+            "ix_order_intents_failed_decision",
+            text("(COALESCE(decided_at, updated_at))"),
+            postgresql_where=text("status = 'ORDER_FAILED'"),
+            postgresql_include=["signal_id"],
+        ),
+        Index("ix_order_intents_signal_status", "signal_id", postgresql_include=["status", "symbol"]),
     )
 
     id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), primary_key=True))
@@ -76,6 +84,19 @@ class TelegramMessage(SQLModel, table=True):
             postgresql_where=text("kind IN ('SIGNAL', 'ORDER_FAILED')"),
         ),
         Index("ix_telegram_messages_timestamp", "timestamp"),
+        Index(
+            "ix_telegram_messages_sent_signal_ts",
+            "timestamp",
+            postgresql_where=text(SENT_SIGNAL),
+            postgresql_include=["signal_id", "decision_type", "reason_code"],
+        ),
+        Index(
+            "ix_telegram_messages_failure_notice",
+            "signal_id",
+            "timestamp",
+            postgresql_where=text("blocked = false AND message LIKE '%ORDER FAILED%'"),
+        ),
+        Index("ix_telegram_messages_blocked", "timestamp", postgresql_where=text("blocked = true")),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))

@@ -1,0 +1,35 @@
+"""The migrations and shared/tables.py describe the same schema; services check it at start."""
+
+from __future__ import annotations
+
+import asyncpg
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from shared.db import current_revision, head_revision
+from shared.tables import metadata
+
+
+async def test_the_migrated_database_is_at_head(pool: asyncpg.Pool) -> None:
+    assert await current_revision(pool) == head_revision()
+
+
+async def test_tables_py_matches_the_migrations(database_url: str) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from shared.db import async_sqlalchemy_url
+
+    engine = create_async_engine(async_sqlalchemy_url(database_url))
+    try:
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+            )
+    finally:
+        await engine.dispose()
+    relevant = [
+        d
+        for d in diff
+        if not (isinstance(d, tuple) and d[0] == "remove_table" and d[1].name == "alembic_version")
+    ]
+    assert relevant == []
