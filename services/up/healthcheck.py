@@ -12,6 +12,8 @@ from __future__ import annotations
 import socket
 import sys
 from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -41,7 +43,7 @@ def _http_ok(url: str) -> tuple[bool, str]:
 
 def _consumer_ok(service: str) -> tuple[bool, str]:
     from redis import Redis
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisError, ResponseError
 
     from shared.embedded import read_discovery
     from shared.settings import Settings
@@ -58,14 +60,40 @@ def _consumer_ok(service: str) -> tuple[bool, str]:
     mine = f"{service}-{socket.gethostname()}-"
     try:
         with Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5) as r:
-            consumers = r.xinfo_consumers(stream, service)
+            try:
+                consumers = r.xinfo_consumers(stream, service)
+            except ResponseError:  # no group yet: the service has not started reading
+                consumers = []
+            idle = [int(c["idle"]) for c in consumers if str(c["name"]).startswith(mine)]
+            if idle and min(idle) < CONSUMER_IDLE_LIMIT_MS:
+                return True, f"consumer {mine}* last read {min(idle)} ms ago"
+            # Redis before 7.2 creates a consumer only once it reads an entry, and refreshes its
+            # idle time only then: on a quiet stream, look for this host's blocked read instead.
+            reading = _blocked_reads_from_here(r, url)
     except RedisError as exc:
         return False, f"redis: {type(exc).__name__}: {exc}"
-    idle = [int(c["idle"]) for c in consumers if str(c["name"]).startswith(mine)]
-    if not idle:
-        return False, f"no consumer {mine}* in group {service} on {stream}"
-    best = min(idle)
-    return best < CONSUMER_IDLE_LIMIT_MS, f"consumer {mine}* last read {best} ms ago"
+    if reading is not None and reading * 1000 < CONSUMER_IDLE_LIMIT_MS:
+        return True, f"an XREADGROUP from this host {reading} s ago (consumer {mine}* not listed)"
+    seen = f"last read {min(idle)} ms ago" if idle else "none listed"
+    return (
+        False,
+        f"consumer {mine}* in group {service} on {stream}: {seen}, and no recent XREADGROUP from here",
+    )
+
+
+def _blocked_reads_from_here(r: Any, url: str) -> int | None:
+    """Return the fewest seconds since a connection from this host last ran XREADGROUP, if any."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    with socket.create_connection((host, port), timeout=5) as probe:
+        here = probe.getsockname()[0]
+    best: int | None = None
+    for client in r.client_list():
+        address = str(client.get("addr", ""))
+        if address.rsplit(":", 1)[0] == here and client.get("cmd") == "xreadgroup":
+            idle = int(client.get("idle", 0))
+            best = idle if best is None else min(best, idle)
+    return best
 
 
 def check(service: str) -> tuple[bool, str]:
