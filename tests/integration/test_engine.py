@@ -3,6 +3,7 @@ stream, and the gates (cooldown, price change, alerts) holding across a restart.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,9 @@ from redis.asyncio import Redis
 
 from services.signal_monitor.app import SignalMonitorService, build_app
 from services.signal_monitor.gates import Result
+from shared.embedded import EmbeddedRedis, free_port
 from shared.events import SignalEmitted
+from shared.redis import create_redis
 from shared.settings import Settings
 from shared.streams import StreamNames
 from tests.integration import test_webhook
@@ -189,3 +192,32 @@ async def test_the_gate_answers_a_published_id_as_a_duplicate_before_consulting_
         again = await gate.submit(signal)  # inside the 3600 s cooldown, yet not "held"
         assert (first.result, again.result) == (Result.PUBLISHED, Result.DUPLICATE)
         assert again.entry_id == first.entry_id
+
+
+async def test_redis_down_at_start_the_engine_waits_and_then_sends_every_signal(
+    monitor_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    port = free_port()
+    server = EmbeddedRedis(tmp_path / "redis", port=port)
+    url = f"redis://127.0.0.1:{port}/0"
+    settings = monitor_settings(REDIS_URL=url, WATCHLIST_FILE=sample_watchlist(tmp_path))
+    names = StreamNames(settings.runtime.stream_prefix)
+    try:
+        async with serve(build_app(settings)) as hook, httpx.AsyncClient(base_url=hook.base) as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert hook.service.engine is not None
+            assert not hook.service.engine.done.is_set()  # holding its first signal, not skipping it
+            assert await asyncio.to_thread(server.start) == url
+            await eventually(lambda: replay_finished(hook.service), timeout=40, what="replay finished")
+            assert (await client.get("/readyz")).status_code == 200
+            redis = create_redis(url)
+            try:
+                published = await events(redis, names.signals)
+            finally:
+                await redis.aclose()
+    finally:
+        await asyncio.to_thread(server.stop)
+    expected = predict_sample_signals()
+    want = per_entry([{"symbol": s, "strategy": k, "side": d, "price": p} for s, k, _, d, p in expected])
+    assert per_entry(published) == want
