@@ -147,7 +147,7 @@ class SignalMonitorService:
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
         server = self._server = _Server(config)
-        serving = asyncio.create_task(server.serve(), name="webhook server")
+        serving = asyncio.create_task(_serve_quietly(server), name="webhook server")
         stopping = asyncio.create_task(stop.wait())
         try:
             # uvicorn offers no event for "listening": look at its flag until it is up or gone.
@@ -165,7 +165,21 @@ class SignalMonitorService:
         finally:
             server.should_exit = True
             stopping.cancel()
-            await serving  # re-raises a bind failure (uvicorn logs it and exits 1)
+            listened = await serving
+        if not listened:
+            raise SettingsError(
+                f"the webhook could not listen on {settings.runtime.bind_host}:{settings.webhook.webhook_port} "
+                "(see the error above); set WEBHOOK_PORT to a free port"
+            )
+
+
+async def _serve_quietly(server: uvicorn.Server) -> bool:
+    """Serve until told to exit; False when uvicorn gave up at start (it calls sys.exit)."""
+    try:
+        await server.serve()
+    except SystemExit:
+        return False
+    return True
 
 
 def build_app(

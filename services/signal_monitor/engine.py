@@ -93,7 +93,8 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         """Run one task per active entry; return when all have ended or `stop` is set."""
         if not self.entries:
-            log.info("no active watchlist entries: the engine emits nothing (webhook and manual only)")
+            if self.watchlist.entries:
+                log.info("no enabled watchlist entries: the engine emits nothing (webhook and manual only)")
             self.done.set()
             return
         tasks = {

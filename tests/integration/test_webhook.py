@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,7 +20,7 @@ from redis.asyncio import Redis
 
 from services.signal_monitor.app import SignalMonitorService, build_app
 from shared.embedded import free_port
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError
 from shared.streams import StreamNames
 from tests.support.eventually import eventually
 from tests.support.pipeline import events, running
@@ -334,3 +336,15 @@ async def test_ready_when_redis_answers(hook: Running) -> None:
         ready = await client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"ready": True, "checks": {"redis": {"ok": True}}}
+
+
+async def test_a_taken_port_stops_the_service_with_an_error_naming_webhook_port(
+    monitor_settings: Callable[..., Settings],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = build_app(monitor_settings(WEBHOOK_SECRET=SECRET, WEBHOOK_PORT=port))
+        with pytest.raises(SettingsError, match="WEBHOOK_PORT"):
+            await asyncio.wait_for(service.run(asyncio.Event()), timeout=15)
