@@ -221,3 +221,23 @@ async def test_redis_down_at_start_the_engine_waits_and_then_sends_every_signal(
     expected = predict_sample_signals()
     want = per_entry([{"symbol": s, "strategy": k, "side": d, "price": p} for s, k, _, d, p in expected])
     assert per_entry(published) == want
+
+
+async def test_stop_in_the_middle_of_a_paced_replay_ends_the_service(
+    monitor_settings: Callable[..., Settings], tmp_path: Path, redis: Redis, names: StreamNames
+) -> None:
+    settings = monitor_settings(WATCHLIST_FILE=sample_watchlist(tmp_path, speed=600))
+    service = build_app(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        await eventually(lambda: events(redis, names.signals), what="a first paced signal")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+    assert service.engine is not None and service.engine.done.is_set()
+    stats = service.engine.stats.values()
+    assert all(s.finished for s in stats)
+    assert sum(s.candles for s in stats) < 900  # stopped long before the 900 candles' end
+    published = await events(redis, names.signals)
+    assert sum(s.published for s in stats) == len(published)
