@@ -17,6 +17,8 @@ SANDBOX_CHAT_ID = "1"
 WEBHOOK_SECRET_FILE = "webhook_secret"
 ENDPOINTS_FILE = "up.json"
 DEMO_WATCHLIST = Path(__file__).resolve().parents[1] / "signal_monitor" / "data" / "watchlist.sample.toml"
+DEMO_PAPER_BALANCES = "USDT=10000,BTC=0.5,ETH=5"
+"""The demo's paper account holds some of what the sample sells, so SELL signals fill too."""
 
 FIRST_RESTART_DELAY_S = 0.5
 MAX_RESTART_DELAY_S = 30.0
@@ -94,7 +96,9 @@ class Endpoints:
         }
 
 
-def banner(ends: Endpoints, *, demo: bool, default_diagnostics_port: int = 8000) -> str:
+def banner(
+    ends: Endpoints, *, demo: bool, demo_balances: str | None = None, default_diagnostics_port: int = 8000
+) -> str:
     """Return the lines `up` prints once its children are started."""
     verify = "intentflow verify"
     if ends.diagnostics_port != default_diagnostics_port:
@@ -120,7 +124,10 @@ def banner(ends: Endpoints, *, demo: bool, default_diagnostics_port: int = 8000)
         f"""-d '{{"symbol":"BTC_USDT","side":"BUY","price":"43210.5","strategy":"manual:curl","secret":"'"{curl_secret}"'"}}')""",
     ]
     if demo:
-        lines.append("  demo              replaying the sample candles: signals appear within a minute")
+        lines.append(
+            "  demo              replaying the sample candles: signals appear within a minute "
+            f"(paper account {demo_balances or 'as configured'})"
+        )
     lines.append("Ctrl-C stops everything.")
     return "\n".join(lines)
 

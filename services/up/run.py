@@ -153,12 +153,16 @@ def run_up(*, demo: bool, data_dir: Path | None) -> int:
             watchlist=plan.DEMO_WATCHLIST if demo else None,
             log_format=log_format,
         )
+        demo_balances = None
+        if demo and not _explicit(settings.trading, "paper_balances"):
+            demo_balances = env["PAPER_BALANCES"] = plan.DEMO_PAPER_BALANCES
         if demo and settings.signal_monitor.watchlist_file is not None:
             console.say(
                 f"--demo: using the sample watchlist instead of {settings.signal_monitor.watchlist_file}"
             )
         write_endpoints(home, ends.as_json())
-        asyncio.run(_supervise(console, env, telegram, ends, demo=demo, host=host))
+        text = plan.banner(ends, demo=demo, demo_balances=demo_balances)
+        asyncio.run(_supervise(console, env, telegram, ends, text, host=host))
     except _Interrupted as exc:
         console.say(f"{exc} while starting: stopping what was started")
     finally:
@@ -215,8 +219,8 @@ async def _supervise(
     env: dict[str, str],
     telegram: _Telegram,
     ends: plan.Endpoints,
+    banner: str,
     *,
-    demo: bool,
     host: str,
 ) -> None:
     supervisor = Supervisor(console)
@@ -231,7 +235,7 @@ async def _supervise(
         )
     for service in plan.SERVICES:
         supervisor.add(service, plan.service_argv(service), env)
-    console.say(plan.banner(ends, demo=demo))
+    console.say(banner)
     ready = asyncio.create_task(_announce_ready(console, ends))
     # Services first (the notifier may still be handing a message to the sandbox), the sandbox last.
     await supervisor.wait_stopped([list(plan.SERVICES), [plan.SANDBOX]])
