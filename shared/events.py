@@ -196,6 +196,36 @@ class DeadLetter(_Event):
     schema_version: Literal[1] = 1
 
 
+class NoticeKind(StrEnum):
+    """What an operator notice announces."""
+
+    INVARIANT_VIOLATION = "INVARIANT_VIOLATION"
+    RESOLVED = "RESOLVED"
+    BRAKE_ON = "BRAKE_ON"
+    BRAKE_OFF = "BRAKE_OFF"
+    REPLY = "REPLY"
+
+
+class OperatorNotice(_Event):
+    """Something the operator is told on Telegram: an alert, its resolution, a brake switch, a reply.
+
+    Alerts carry the violation counts and up to ten signal ids; brake switches who and why;
+    a reply its chat and its text. The notifier sends each notice_id once.
+    """
+
+    notice_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    kind: NoticeKind
+    counts: dict[str, int] = Field(default_factory=dict)
+    signal_ids: list[str] = Field(default_factory=list, max_length=10)
+    hours: int | None = None
+    actor: str | None = Field(default=None, max_length=128)
+    reason: str | None = Field(default=None, max_length=500)
+    text: str | None = Field(default=None, max_length=4096)
+    chat_id: str | None = Field(default=None, max_length=64)
+    at: AwareDatetime = Field(default_factory=utcnow)
+    schema_version: Literal[1] = 1
+
+
 def field_errors(exc: Exception) -> list[dict[str, str]]:
     """Turn a pydantic ValidationError into [{field, message}] a person can read."""
     from pydantic import ValidationError

@@ -13,6 +13,8 @@ from pydantic import BaseModel
 SIGNALS = "signals"
 ORDER_DECISIONS = "order-decisions"
 DEAD_LETTER = "dead-letter"
+# Not in the contract's table: operator notices (watchdog alerts, brake switches) for the notifier.
+NOTICES = "notices"
 
 GROUP_ORCHESTRATOR = "orchestrator"
 GROUP_NOTIFIER = "notifier"
@@ -24,6 +26,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     SIGNALS: (GROUP_ORCHESTRATOR, GROUP_NOTIFIER),
     ORDER_DECISIONS: (GROUP_NOTIFIER,),
     DEAD_LETTER: (),
+    NOTICES: (GROUP_NOTIFIER,),
 }
 
 
@@ -49,8 +52,12 @@ class StreamNames:
     def dead_letter(self) -> str:
         return self.key(DEAD_LETTER)
 
+    @property
+    def notices(self) -> str:
+        return self.key(NOTICES)
+
     def all(self) -> dict[str, str]:
-        """Map each contract stream name to its key."""
+        """Map each stream name (the contract's three and `notices`) to its key."""
         return {name: self.key(name) for name in GROUPS}
 
 

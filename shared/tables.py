@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
+    Integer,
     Numeric,
     String,
     Text,
@@ -97,6 +98,12 @@ class TelegramMessage(SQLModel, table=True):
             postgresql_where=text("blocked = false AND message LIKE '%ORDER FAILED%'"),
         ),
         Index("ix_telegram_messages_blocked", "timestamp", postgresql_where=text("blocked = true")),
+        Index(
+            "ux_telegram_messages_notice",
+            text("(context_json ->> 'notice_id')"),
+            unique=True,
+            postgresql_where=text("context_json ? 'notice_id'"),
+        ),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
@@ -149,6 +156,46 @@ class ControlFlag(SQLModel, table=True):
     changed_by: str = Field(sa_column=Column(String(128), nullable=False))
     reason: str | None = Field(default=None, sa_column=Column(Text))
     changed_at: datetime = Field(sa_column=_ts())
+
+
+class BrakeEvent(SQLModel, table=True):
+    """One switch of the brake: on or off, by whom, why, when (the flag keeps only the latest)."""
+
+    __tablename__ = "brake_events"
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    enabled: bool = Field(sa_column=Column(Boolean, nullable=False))
+    changed_by: str = Field(sa_column=Column(String(128), nullable=False))
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    changed_at: datetime = Field(sa_column=_ts())
+
+
+class WatchdogState(SQLModel, table=True):
+    """The watchdog's alert state, shared by every diagnostics replica; its notice is the outbox."""
+
+    __tablename__ = "watchdog_state"
+
+    name: str = Field(sa_column=Column(String(64), primary_key=True))
+    violating: bool = Field(sa_column=Column(Boolean, nullable=False))
+    seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    announced: Any = Field(default=None, sa_column=Column(JSONB))
+    notice: Any = Field(default=None, sa_column=Column(JSONB))
+    notice_published: bool = Field(
+        default=True, sa_column=Column(Boolean, nullable=False, server_default="true")
+    )
+    changed_at: datetime = Field(sa_column=_ts())
+
+
+class WatchdogRepair(SQLModel, table=True):
+    """How often the watchdog repaired one signal's violation of one kind (it stops at a limit)."""
+
+    __tablename__ = "watchdog_repairs"
+
+    signal_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), primary_key=True))
+    kind: str = Field(sa_column=Column(String(32), primary_key=True))
+    attempts: int = Field(sa_column=Column(Integer, nullable=False))
+    first_at: datetime = Field(sa_column=_ts())
+    last_at: datetime = Field(sa_column=_ts())
 
 
 metadata = SQLModel.metadata

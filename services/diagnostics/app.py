@@ -1,4 +1,4 @@
-"""The diagnostics service's composition root: settings in, an HTTP server out.
+"""The diagnostics service's composition root: settings in, an HTTP server and the watchdog out.
 
 The server answers from the first second: while Redis or PostgreSQL is down, /readyz says
 which (503) and the data routes answer 503 with the reason; the pool is opened in the
@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from services.diagnostics.routes import POSTGRES_DOWN, Backends, create_api
+from services.diagnostics.watchdog import Watchdog
 from shared.db import SchemaOutOfDate, create_pool, require_schema, wait_for_pool
 from shared.logging import get_logger
 from shared.redis import create_redis
@@ -63,9 +64,10 @@ class DiagnosticsService:
     pool: asyncpg.Pool | None = None
     backends: Backends | None = field(default=None, init=False)
     app: FastAPI | None = field(default=None, init=False)
+    watchdog: Watchdog | None = field(default=None, init=False)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve HTTP on BIND_HOST:DIAGNOSTICS_PORT until stop is set; close everything after."""
+        """Serve HTTP on BIND_HOST:DIAGNOSTICS_PORT and run the watchdog until stop is set; close everything after."""
         settings = self.settings
         redis_url, database_url = resolve_urls(settings)
         token = settings.diagnostics.diagnostics_token
@@ -74,6 +76,7 @@ class DiagnosticsService:
         self.backends = backends
         own_pool = self.pool is None
         connector: asyncio.Task[None] | None = None
+        watching: asyncio.Task[None] | None = None
         try:
             backends.pool = self.pool or await _first_pool(database_url, backends)
             if backends.pool is not None:
@@ -82,8 +85,21 @@ class DiagnosticsService:
             else:
                 connector = asyncio.create_task(_connect_later(database_url, backends, stop))
             self.app = create_api(backends, token=token.get_secret_value() if token else None)
+            self.watchdog = Watchdog(
+                pool=lambda: backends.pool if backends.schema_ok else None,
+                redis=redis,
+                names=backends.names,
+                settings=settings.watchdog,
+                metrics=self.app.state.metrics,
+                maxlen=settings.runtime.stream_maxlen,
+            )
+            watching = asyncio.create_task(self.watchdog.run(stop))
             await self._serve(self.app, stop)
         finally:
+            if watching is not None:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watching
             if connector is not None:
                 connector.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

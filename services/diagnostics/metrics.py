@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from services.diagnostics.invariants import Window
@@ -82,6 +82,46 @@ class DiagnosticsMetrics:
             ["check"],
             registry=r,
         )
+        self.watchdog_rounds = Counter(
+            "intentflow_watchdog_rounds", "Watchdog rounds completed by this process", registry=r
+        )
+        self.watchdog_errors = Counter(
+            "intentflow_watchdog_round_errors",
+            "Watchdog rounds that failed (PostgreSQL or Redis down)",
+            registry=r,
+        )
+        self.watchdog_violations = Gauge(
+            "intentflow_watchdog_violations",
+            "Invariant violations the watchdog saw in its last round, by type",
+            ["type"],
+            registry=r,
+        )
+        self.watchdog_violating = Gauge(
+            "intentflow_watchdog_violating", "1 when the watchdog's last round found a violation", registry=r
+        )
+        self.watchdog_last_round = Gauge(
+            "intentflow_watchdog_last_round_timestamp_seconds",
+            "When the watchdog's last round completed (Unix time)",
+            registry=r,
+        )
+        self.watchdog_alerts = Counter(
+            "intentflow_watchdog_alerts",
+            "Verdict changes this process announced, by notice kind (INVARIANT_VIOLATION, RESOLVED)",
+            ["kind"],
+            registry=r,
+        )
+        self.watchdog_repairs = Counter(
+            "intentflow_watchdog_repairs",
+            "Events the watchdog re-published to repair a violation, by repair",
+            ["repair"],
+            registry=r,
+        )
+        self.watchdog_unrepairable = Counter(
+            "intentflow_watchdog_unrepairable",
+            "Violating signals the watchdog could not repair (no event to re-publish), by repair",
+            ["repair"],
+            registry=r,
+        )
         self._lock = asyncio.Lock()
         self._refreshed_at = -math.inf
 
@@ -97,6 +137,14 @@ class DiagnosticsMetrics:
         for kind in VIOLATION_TYPES:
             self.violations.labels(kind).set(getattr(report.counts, kind))
         self.passed.set(1 if report.passed else 0)
+
+    def record_watchdog_round(self, report: RecentSignalsReport) -> None:
+        """Set the watchdog gauges from the report of the round just completed."""
+        self.watchdog_rounds.inc()
+        for kind in VIOLATION_TYPES:
+            self.watchdog_violations.labels(kind).set(getattr(report.counts, kind))
+        self.watchdog_violating.set(0 if report.passed else 1)
+        self.watchdog_last_round.set(time.time())
 
     def record_streams(self, report: StreamsReport | None) -> None:
         """Set the stream gauges from a streams report; None (unknown) clears them."""
