@@ -227,3 +227,22 @@ def test_docker_compose_accepts_the_file(tmp_path) -> None:
     )
     assert missing.returncode != 0
     assert "TELEGRAM_BOT_TOKEN" in missing.stderr or "WEBHOOK_SECRET" in missing.stderr
+
+
+def test_dockerfile_small_non_root_cached_with_a_healthcheck() -> None:
+    lines = [line.strip() for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines()]
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    froms = [line for line in instructions if line.startswith("FROM ")]
+    assert froms and all(line.split()[1] == "python:3.11-slim" for line in froms)
+    # Dependencies install from pyproject.toml alone, before any source is copied.
+    copy_pyproject = instructions.index("COPY pyproject.toml ./")
+    install_deps = next(i for i, line in enumerate(instructions) if "pip install -r" in line)
+    copy_source = instructions.index("COPY services ./services")
+    assert copy_pyproject < install_deps < copy_source
+    users = [line.split()[1] for line in instructions if line.startswith("USER ")]
+    assert users and not users[-1].startswith(("root", "0"))
+    assert any(line.startswith("HEALTHCHECK ") for line in instructions)
+    assert 'ENTRYPOINT ["intentflow"]' in instructions
+    assert 'CMD ["run", "orchestrator"]' in instructions
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert {".env", ".venv", ".git", ".intentflow"} <= set(ignored)
