@@ -6,6 +6,8 @@ stopped."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from pathlib import Path
 
 import asyncpg
@@ -59,10 +61,10 @@ async def _connected(app) -> bool:
     return bool(app.health.connected)
 
 
-async def test_postgres_outage_holds_acknowledgements_until_commit(
-    make_settings, redis, names, tmp_path: Path
-) -> None:
-    server = EmbeddedPostgres(tmp_path / "pg", port=free_port())
+async def test_postgres_outage_holds_acknowledgements_until_commit(make_settings, redis, names) -> None:
+    # Not under tmp_path: pytest keeps that 0700, and the PostgreSQL user (not root) must reach it.
+    data_dir = Path(tempfile.mkdtemp(prefix="intentflow-outage-"))
+    server = EmbeddedPostgres(data_dir / "pg", port=free_port())
     url = await asyncio.to_thread(server.start)
     await asyncio.to_thread(migrate, url)
     app = build_app(make_settings(DATABASE_URL=url))
@@ -93,3 +95,4 @@ async def test_postgres_outage_holds_acknowledgements_until_commit(
             await pool.close()
     finally:
         await asyncio.to_thread(server.stop)
+        shutil.rmtree(data_dir, ignore_errors=True)
