@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from shared.embedded import free_port
-from tests.integration.test_diagnostics_invariants import HOUR, Plant
 from tests.support.eventually import wait_sync
+from tests.support.plant import HOUR, Plant
 from tests.support.procs import intentflow, services
 
 TOKEN = "wall-" + uuid.uuid4().hex

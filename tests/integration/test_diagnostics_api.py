@@ -17,7 +17,7 @@ from services.diagnostics.streams_health import _lag
 from shared.embedded import free_port
 from shared.redis import create_redis
 from shared.streams import StreamNames
-from tests.integration.test_diagnostics_invariants import HOUR, Plant
+from tests.support.plant import HOUR, Plant
 
 TOKEN = "diag-" + uuid.uuid4().hex
 

@@ -21,10 +21,10 @@ from services.diagnostics.models import RecentSignalsReport
 from shared.db import SchemaOutOfDate
 from shared.embedded import free_port
 from shared.settings import Settings
-from tests.integration.test_diagnostics_invariants import HOUR, Plant
 from tests.support import servers
 from tests.support.eventually import eventually, wait_sync
 from tests.support.pipeline import running
+from tests.support.plant import HOUR, Plant
 
 
 async def get(url: str) -> int | None:
