@@ -223,10 +223,10 @@ async def _wait_http(url: str, proc: Proc, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout}s:\n{proc.output()[-3000:]}")
 
 
-async def _wait_log(proc: Proc, text: str, timeout: float = 60.0) -> None:
+async def _wait_log(proc: Proc, text: str, timeout: float = 60.0, times: int = 1) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if text in proc.output():
+        if proc.output().count(text) >= times:
             return
         if not proc.alive():
             raise RuntimeError(f"{proc.args} exited before logging {text!r}:\n{proc.output()[-3000:]}")
@@ -284,10 +284,24 @@ def stop_all(dep: Deployment, figures: Figures) -> None:
         if code != 0:
             figures.problems.append(f"{name} exited {code} on SIGTERM (log {procs[name].log_path})")
     for name, proc in procs.items():
-        found = proc.output().count("Traceback")
+        found = crashes(proc.output())
         figures.tracebacks += found
         if found:
-            figures.problems.append(f"{name} logged {found} traceback(s) (log {proc.log_path})")
+            figures.problems.append(f"{name} logged {found} error(s) with a traceback (log {proc.log_path})")
+
+
+def crashes(output: str) -> int:
+    """Count tracebacks logged at error level or printed raw (asyncpg's own pool warnings aside)."""
+    found = 0
+    for line in output.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("exception") and record.get("level") in ("error", "critical"):
+                    found += 1
+        elif line.startswith("Traceback (most recent call last)"):
+            found += 1
+    return found
 
 
 def _wait_exit(proc: Proc, timeout: float) -> int:
@@ -369,7 +383,7 @@ class Chaos:
 
     injected: int = 0
     poison: list[tuple[str, str]] = field(default_factory=list)  # (stream key, entry id)
-    notes: list[str] = field(default_factory=list)
+    restarts: Counter[str] = field(default_factory=Counter)  # by log path
 
 
 async def kill_and_restart(dep: Deployment, servers: ChaosServers, plan: Plan, chaos: Chaos) -> None:
@@ -382,6 +396,7 @@ async def kill_and_restart(dep: Deployment, servers: ChaosServers, plan: Plan, c
         victim = rng.choice(victims)
         victim.kill()
         chaos.injected += 1
+        chaos.restarts[str(victim.log_path)] += 1
         await asyncio.sleep(0.3)
         victim.start()
 
@@ -668,9 +683,15 @@ async def run_scenario(name: str, servers: ChaosServers, plan: Plan, work: Path)
         fault_task = asyncio.create_task(fault(dep, servers, plan, chaos))
         await publish(dep, name, plan, pub)
         await fault_task
-        for proc in dep.orchestrators + dep.notifiers:
-            if not proc.alive():
-                proc.start()
+
+        # The last victim may still be starting: let it get going (it is the load we count).
+        def starts(proc: Proc) -> int:
+            return 1 + chaos.restarts[str(proc.log_path)]
+
+        await asyncio.gather(
+            *(_wait_log(p, "[BOOT] order_intents table OK", times=starts(p)) for p in dep.orchestrators),
+            *(_wait_log(p, "notifier consuming", times=starts(p)) for p in dep.notifiers),
+        )
         figures.faults_injected = chaos.injected
         started = time.monotonic()
         redis = create_redis(servers.redis_url)
