@@ -53,7 +53,11 @@ def settings(make_settings: Callable[..., Settings], sandbox: Any) -> Callable[.
 
 def watchdog(pool: asyncpg.Pool, redis: Redis, names: StreamNames, **overrides: Any) -> Watchdog:
     """A watchdog driven round by round by the test (interval and grace as in production but short)."""
-    values = {"watchdog_interval_seconds": 0.3, "watchdog_grace_seconds": 1, "watchdog_max_repairs": 3}
+    values: dict[str, Any] = {
+        "watchdog_interval_seconds": 0.3,
+        "watchdog_grace_seconds": 1,
+        "watchdog_max_repairs": 3,
+    }
     values.update(overrides)
     return Watchdog(pool=lambda: pool, redis=redis, names=names, settings=WatchdogSettings(**values))
 
