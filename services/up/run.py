@@ -128,6 +128,8 @@ def run_up(*, demo: bool, data_dir: Path | None) -> int:
             except (AlreadyRunning, EmbeddedServerError) as exc:
                 raise UpError(str(exc)) from None
             _migrate(database_url, console)
+            if demo:
+                _forget_replay_throttle(redis_url, settings.runtime.stream_prefix, console)
             secret, secret_file = _webhook_secret(settings, home, console)
         ends = plan.Endpoints(
             diagnostics_port=ports[0],
@@ -175,6 +177,25 @@ def run_up(*, demo: bool, data_dir: Path | None) -> int:
         lock.release()
     console.say("stopped")
     return 0
+
+
+def _forget_replay_throttle(redis_url: str, prefix: str, console: Console) -> None:
+    """Start the demo's replay afresh: its throttle runs on candle time, which restarts with it.
+
+    Without this a second `up --demo` on the same data dir would hold back every replayed
+    candle behind the first run's cooldowns. Only the demo does this; a real watchlist's
+    throttle survives restarts as it should.
+    """
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}throttle:*", count=1000))
+        if keys:
+            client.delete(*keys)
+            console.say(f"--demo: replaying the sample from its start ({len(keys)} throttle keys reset)")
+    finally:
+        client.close()
 
 
 def _choose_ports(settings: Settings, host: str, console: Console) -> tuple[int, int]:

@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -232,3 +233,26 @@ async def test_a_killed_child_is_restarted_and_the_pipeline_catches_up(up_env, t
         verdict = run_cli("verify", env=up_env)  # default grace: demo signals keep arriving
         assert verdict.returncode == 0, verdict.stdout + verdict.stderr
         stop_cleanly(up, data_dir)
+
+    # A second `up --demo` on the same data dir replays the sample from its start again.
+    restarted_at = datetime.now(UTC)
+    with running_up(up_env, tmp_path / "up-again.log", "--demo") as up:
+        await eventually(
+            lambda: _strategy_intents_since(data_dir, restarted_at),
+            until=lambda n: n > 0,
+            timeout=90,
+            what="new demo signals on a second --demo run",
+        )
+        stop_cleanly(up, data_dir)
+
+
+async def _strategy_intents_since(data_dir: Path, since: datetime) -> int:
+    conn = await _db(data_dir)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM order_intents WHERE source = 'strategy' AND created_at > $1", since
+            )
+        )
+    finally:
+        await conn.close()
