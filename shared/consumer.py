@@ -15,12 +15,15 @@ product needs all three, so one small loop does them explicitly:
   leaves the entry pending, where a claim round (this consumer or another)
   takes it once idle longer than CLAIM_IDLE_MS; an entry delivered
   MAX_DELIVERIES times goes to `dead-letter`;
+* while a batch is in hand its entries' idle time is renewed (a lease), so a live
+  consumer's slow batch is never claimed from under it; only a dead one's is;
 * a lost group (Redis restarted without its data) is recreated, reading from 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -242,6 +245,25 @@ class StreamConsumer(Generic[E]):
             await self._handle(valid, stop)
 
     async def _handle(self, batch: list[Delivery[E]], stop: asyncio.Event) -> None:
+        lease = asyncio.create_task(self._keep_lease([d.entry_id for d in batch]))
+        try:
+            await self._handle_leased(batch, stop)
+        finally:
+            lease.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lease
+
+    async def _keep_lease(self, ids: list[str]) -> None:
+        # While the handler works (or retries an outage in place) the entries must not look idle,
+        # or another live consumer claims them: the work would be done twice and every claim
+        # would count a delivery towards MAX_DELIVERIES. A dead consumer stops renewing.
+        every = max(0.02, self.settings.claim_idle_ms / 3000)
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(Exception):  # Redis away: nobody can claim meanwhile either
+                await self.redis.eval(_RENEW_LEASE, 1, self.stream, self.group, self.name, *ids)
+
+    async def _handle_leased(self, batch: list[Delivery[E]], stop: asyncio.Event) -> None:
         backoff = 0.1
         while True:
             try:
@@ -259,7 +281,7 @@ class StreamConsumer(Generic[E]):
                 if len(batch) > 1:
                     self.log.warning("batch failed, retrying its entries one by one", error=repr(exc)[:300])
                     for delivery in batch:
-                        await self._handle([delivery], stop)
+                        await self._handle_leased([delivery], stop)
                     return
                 self.log.error(
                     "entry failed; it stays pending and is retried after CLAIM_IDLE_MS",
@@ -378,6 +400,21 @@ class StreamConsumer(Generic[E]):
             if int(info.get("idle", 0)) > threshold:
                 await self.redis.xgroup_delconsumer(self.stream, self.group, name)
                 self.log.info("removed dead consumer", dead_consumer=name)
+
+
+# Reset the idle time of the entries this consumer still owns (XCLAIM … JUSTID does not count
+# a delivery); an entry another consumer has claimed meanwhile is left alone. Atomic as a script.
+_RENEW_LEASE = """
+local owned = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #p > 0 then owned[#owned + 1] = ARGV[i] end
+end
+if #owned > 0 then
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(owned), 'JUSTID')
+end
+return #owned
+"""
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

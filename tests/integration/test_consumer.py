@@ -160,3 +160,23 @@ async def test_entries_are_plain_json_any_client_can_read(redis, names, field) -
     assert set(fields) == {"type", "event"}
     assert fields["type"] == "SignalEmitted"
     assert (await events(redis, names.signals))[0]["signal_id"] == str(sig.signal_id)
+
+
+async def test_a_live_consumer_keeps_its_entries_while_handling_them_longer_than_claim_idle(
+    redis, names
+) -> None:
+    # A PostgreSQL outage or Telegram backoff can hold a batch for many CLAIM_IDLE_MS: a second
+    # live consumer must not claim it meanwhile (that would double the work, and inflate the
+    # delivery count towards MAX_DELIVERIES with every consumer that takes a turn).
+    sig = signal()
+    slow, other = Recorder(), Recorder()
+    slow.transient_left = 6  # 0.1 + 0.2 + … + 3.2 s of retries in place: ≫ claim_idle_ms (0.3 s)
+    async with running(make_consumer(redis, names, slow, "slow", claim_idle_ms=300, max_deliveries=2)):
+        await xadd(redis, names.signals, sig)
+        await eventually(lambda: _seen(slow), until=lambda n: n >= 1)
+        async with running(make_consumer(redis, names, other, "other", claim_idle_ms=300, max_deliveries=2)):
+            await eventually(lambda: _done(slow), until=lambda d: d == [str(sig.signal_id)], timeout=60)
+            await eventually(lambda: pending(redis, names), until=lambda n: n == 0)
+    assert other.seen[str(sig.signal_id)] == 0
+    assert set(slow.deliveries[str(sig.signal_id)]) == {1}
+    assert await redis.xlen(names.dead_letter) == 0
