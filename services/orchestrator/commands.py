@@ -40,10 +40,11 @@ def brake(
 
         typer.secho(f"error: bad configuration: {describe_errors(exc)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    raise typer.Exit(asyncio.run(_brake(settings, action, reason, by)))
+    raise typer.Exit(asyncio.run(run_brake(settings, action, reason, by)))
 
 
-async def _brake(settings: Settings, action: BrakeAction, reason: str | None, by: str | None) -> int:
+async def run_brake(settings: Settings, action: BrakeAction, reason: str | None, by: str | None) -> int:
+    """Do `intentflow brake ACTION`: print the outcome, return the exit code."""
     import asyncpg
     from redis.exceptions import RedisError
 

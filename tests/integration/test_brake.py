@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
-from typer.testing import CliRunner
 
-from services.cli import app as cli
 from services.notifier.app import build_app as build_notifier
 from services.orchestrator.app import build_app as build_orchestrator
+from services.orchestrator.commands import BrakeAction, run_brake
 from shared.brake import brake_state
 from shared.settings import Settings
 from shared.streams import StreamNames
@@ -30,9 +29,28 @@ def settings(make_settings: Callable[..., Settings], sandbox: Any) -> Settings:
     return make_settings(TELEGRAM_BOT_TOKEN=new_token(), TELEGRAM_CHAT_ID=CHAT, TELEGRAM_API_URL=sandbox.url)
 
 
-async def brake_cli(*args: str) -> Any:
-    """Run `intentflow brake …` (it runs its own event loop, so in a thread)."""
-    return await asyncio.to_thread(CliRunner().invoke, cli, ["brake", *args])
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def brake_cli(capsys: Any) -> Callable[..., Awaitable[Outcome]]:
+    """Run what `intentflow brake ACTION [--reason R] [--by B]` runs, in this event loop.
+
+    (The typer layer, and the process, are covered by tests/e2e/test_watchdog_processes.py;
+    invoking the CLI in-process would reconfigure logging for every later test.)
+    """
+
+    async def invoke(action: str, *, reason: str | None = None, by: str | None = None) -> Outcome:
+        capsys.readouterr()
+        code = await run_brake(Settings(), BrakeAction(action), reason, by)
+        out = capsys.readouterr()
+        return Outcome(code, out.out, out.err)
+
+    return invoke
 
 
 async def decision_of(pool: asyncpg.Pool, signal_id: Any) -> Any:
@@ -42,11 +60,11 @@ async def decision_of(pool: asyncpg.Pool, signal_id: Any) -> Any:
 
 
 async def test_brake_on_blocks_orders_off_places_them_and_both_switches_are_announced(
-    settings: Settings, pool: asyncpg.Pool, redis: Redis, names: StreamNames, sandbox: Any
+    brake_cli: Any, settings: Settings, pool: asyncpg.Pool, redis: Redis, names: StreamNames, sandbox: Any
 ) -> None:
     async with running(build_orchestrator(settings)), running(build_notifier(settings)):
-        on = await brake_cli("on", "--reason", "exchange maintenance", "--by", "alice")
-        assert on.exit_code == 0, on.output
+        on = await brake_cli("on", reason="exchange maintenance", by="alice")
+        assert on.exit_code == 0, on.stderr
         assert "ON since" in on.stdout and "alice" in on.stdout
 
         held = signal(symbol="BTC_USDT")
@@ -61,8 +79,8 @@ async def test_brake_on_blocks_orders_off_places_them_and_both_switches_are_anno
             status.exit_code == 0 and "brake ON" in status.stdout and "exchange maintenance" in status.stdout
         )
 
-        off = await brake_cli("off", "--by", "bob")
-        assert off.exit_code == 0, off.output
+        off = await brake_cli("off", by="bob")
+        assert off.exit_code == 0, off.stderr
         placed = signal(symbol="BTC_USDT")
         await xadd(redis, names.signals, placed)
         row = await eventually(lambda: decision_of(pool, placed.signal_id), what="the next signal's intent")
@@ -89,10 +107,10 @@ async def test_brake_on_blocks_orders_off_places_them_and_both_switches_are_anno
 
 
 async def test_switching_to_the_current_state_changes_and_announces_nothing(
-    settings: Settings, pool: asyncpg.Pool, redis: Redis, names: StreamNames
+    brake_cli: Any, settings: Settings, pool: asyncpg.Pool, redis: Redis, names: StreamNames
 ) -> None:
-    assert (await brake_cli("on", "--by", "carol")).exit_code == 0
-    again = await brake_cli("on", "--by", "dave")
+    assert (await brake_cli("on", by="carol")).exit_code == 0
+    again = await brake_cli("on", by="dave")
     assert again.exit_code == 0 and "already" in again.stdout
     state = await brake_state(pool)
     assert state.enabled and state.changed_by == "carol"
@@ -102,7 +120,7 @@ async def test_switching_to_the_current_state_changes_and_announces_nothing(
 
 
 async def test_the_default_actor_is_user_at_host_and_status_says_never_switched(
-    settings: Settings, pool: asyncpg.Pool
+    brake_cli: Any, settings: Settings, pool: asyncpg.Pool
 ) -> None:
     first = await brake_cli("status")
     assert first.exit_code == 0 and "OFF (never switched)" in first.stdout
@@ -111,7 +129,9 @@ async def test_the_default_actor_is_user_at_host_and_status_says_never_switched(
     assert state.changed_by is not None and "@" in state.changed_by
 
 
-async def test_postgres_unreachable_is_a_clear_error_exit_1(make_settings: Callable[..., Settings]) -> None:
+async def test_postgres_unreachable_is_a_clear_error_exit_1(
+    brake_cli: Any, make_settings: Callable[..., Settings]
+) -> None:
     make_settings(DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
     result = await brake_cli("on")
     assert result.exit_code == 1
