@@ -30,8 +30,24 @@ RECORD_KINDS = {
 }
 
 
+# A row whose text holds one of these counts as a signal or a failure notice (§7): an
+# operator's words (a brake reason, a name) must not make a notice look like one.
+INVARIANT_WORDS = ("BUY SIGNAL", "SELL SIGNAL", "ORDER FAILED")
+
+
+def defang(text: str) -> str:
+    """Lower-case the phrases the invariants look for, wherever a notice's text holds them."""
+    for word in INVARIANT_WORDS:
+        text = text.replace(word, word.lower())
+    return text
+
+
 def notice_text(notice: OperatorNotice) -> str:
-    """Build the Telegram text of a notice."""
+    """Build the Telegram text of a notice (never holding a phrase the invariants count)."""
+    return defang(_text(notice))
+
+
+def _text(notice: OperatorNotice) -> str:
     if notice.kind is NoticeKind.INVARIANT_VIOLATION:
         return messages.alert_text(notice.counts, notice.signal_ids, hours=notice.hours)
     if notice.kind is NoticeKind.RESOLVED:

@@ -22,15 +22,13 @@ from services.diagnostics.watchdog import (
     repair_plan,
     transition,
 )
-from services.notifier.notices import notice_text
+from services.notifier.notices import INVARIANT_WORDS, notice_text
 from services.notifier.operator import Command, parse_command
 from services.notifier.status import Status, status_text
 from shared.brake import BrakeState, brake_notice
 from shared.events import NoticeKind, OperatorNotice
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
-# Words that make a telegram_messages row count as a signal or a failure notice (§7).
-INVARIANT_WORDS = ("BUY SIGNAL", "SELL SIGNAL", "ORDER FAILED")
 
 
 def report(violations: list[tuple[str, str | None]] = ()) -> RecentSignalsReport:  # type: ignore[assignment]
@@ -120,14 +118,15 @@ def test_no_operator_text_looks_like_a_signal_or_a_failure_message() -> None:
         brake_notice(BrakeState(True, "ops@host", datetime.now(UTC), "BUY SIGNAL storm")),
         brake_notice(BrakeState(False, "ops@host", datetime.now(UTC))),
     ]
-    texts = [notice_text(n) for n in notices[:2]] + [notice_text(notices[3])]
+    texts = [notice_text(n) for n in notices]
+    texts.append(notice_text(OperatorNotice(kind=NoticeKind.REPLY, text="nothing changed: SELL SIGNAL")))
     texts.append(
         status_text(Status(counts={"total_signals": 3, "failed": 1}, lag={"signals/orchestrator": 2}))
     )
     for text in texts:
         assert not any(word in text for word in INVARIANT_WORDS), text
-    # The operator's own words are shown, escaped; they are theirs to choose.
-    assert "BUY SIGNAL storm" in notice_text(notices[2])
+    # The operator's own words are shown, with the counted phrases lower-cased.
+    assert "buy signal storm" in notice_text(notices[2])
 
 
 def test_brake_announcements_say_who_when_and_why() -> None:
