@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -12,7 +12,7 @@ import asyncpg
 
 from services.orchestrator.decide import Decision, DedupKey, Plan
 from services.orchestrator.exchanges.base import client_order_id
-from shared.events import IntentStatus, OrderDecided, Side
+from shared.events import IntentStatus, OrderDecided
 
 BRAKE_FLAG = "brake"
 
@@ -40,7 +40,7 @@ class IntentRow:
                 "signal_id": self.signal_id,
                 "intent_id": self.id,
                 "symbol": self.symbol,
-                "side": Side(self.side),
+                "side": self.side,
                 "status": self.status,
                 "decision_type": self.decision_type,
                 "reason_code": self.reason_code,
@@ -58,7 +58,7 @@ _COLUMNS = (
 
 
 def _row(record: asyncpg.Record) -> IntentRow:
-    return IntentRow(**dict(record))
+    return IntentRow(*record)
 
 
 async def fetch_by_signal(
@@ -119,36 +119,119 @@ async def brake_reason(conn: asyncpg.Connection) -> str | None:
     return f"the brake is on (set by {row['changed_by']} at {row['changed_at'].isoformat()})"
 
 
-async def insert_plans(conn: asyncpg.Connection, plans: Sequence[Plan]) -> list[IntentRow]:
-    """Insert one intent per plan (terminal or PENDING); a signal already recorded is left alone."""
+@dataclass(frozen=True)
+class BatchState:
+    """What one read under the key locks sees: recorded intents, nearby active ones, the brake."""
+
+    recorded: dict[uuid.UUID, IntentRow]
+    active: list[tuple[DedupKey, datetime]]
+    brake: str | None
+
+
+async def read_batch_state(
+    conn: asyncpg.Connection,
+    signal_ids: Sequence[uuid.UUID],
+    keys: Sequence[DedupKey],
+    earliest: datetime,
+    latest: datetime,
+    window_s: float,
+) -> BatchState:
+    """Read, in one round trip, the intents of these signals, the active intents of these keys, the brake.
+
+    Call it after lock_keys in the same transaction: under READ COMMITTED this statement's
+    snapshot then includes every intent a racing orchestrator committed under those locks.
+    """
+    pad = timedelta(seconds=window_s)
+    rows = await conn.fetch(
+        f"SELECT 'r' AS kind, {_COLUMNS}, NULL::text AS strategy, NULL::timestamptz AS emitted_at,"
+        "  NULL::bool AS enabled, NULL::text AS changed_by"
+        " FROM order_intents WHERE signal_id = ANY($1::uuid[])"
+        " UNION ALL"
+        " SELECT 'a', NULL, NULL, k.symbol, k.side, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+        "  k.strategy, i.emitted_at, NULL, NULL"
+        " FROM unnest($2::text[], $3::text[], $4::text[]) AS k(symbol, side, strategy)"
+        # LATERAL: one index range scan of ix_order_intents_dedup per key, whatever the statistics say.
+        " CROSS JOIN LATERAL (SELECT emitted_at FROM order_intents"
+        "   WHERE symbol = k.symbol AND side = k.side AND strategy = k.strategy"
+        "     AND emitted_at > $5 AND emitted_at < $6 AND status <> 'DEDUP_SKIPPED') AS i"
+        " UNION ALL"
+        " SELECT 'b', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, changed_at,"
+        "  NULL, NULL, enabled, changed_by"
+        " FROM control_flags WHERE name = $7",
+        list(signal_ids),
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        earliest - pad,
+        latest + pad,
+        BRAKE_FLAG,
+    )
+    recorded: dict[uuid.UUID, IntentRow] = {}
+    active: list[tuple[DedupKey, datetime]] = []
+    brake: str | None = None
+    for r in rows:
+        kind = r["kind"]
+        if kind == "r":
+            recorded[r["signal_id"]] = IntentRow(*tuple(r)[1:12])
+        elif kind == "a":
+            active.append(((r["symbol"], r["side"], r["strategy"]), r["emitted_at"]))
+        elif r["enabled"]:
+            brake = f"the brake is on (set by {r['changed_by']} at {r['decided_at'].isoformat()})"
+    return BatchState(recorded, active, brake)
+
+
+async def insert_plans(
+    conn: asyncpg.Connection,
+    plans: Sequence[Plan],
+    outcomes: Mapping[uuid.UUID, Outcome] | None = None,
+    *,
+    skip_recorded: bool = True,
+) -> list[IntentRow]:
+    """Insert one intent per plan: its own decision, else its order's outcome, else PENDING.
+
+    skip_recorded: a signal already recorded is left alone (ON CONFLICT DO NOTHING); without
+    it a recorded signal raises, rolling back whatever the transaction did for it (its order).
+    """
     if not plans:
         return []
-    d = [p.decision for p in plans]
+    # StrEnum members are str: asyncpg sends them as text as they are (no .value lookups).
+    found = outcomes or {}
+    decisions: list[Decision | None] = []
+    extra: list[Outcome | None] = []
+    for p in plans:
+        outcome = found.get(p.intent_id) if p.decision is None else None
+        extra.append(outcome)
+        decisions.append(p.decision or (outcome.decision if outcome else None))
+    conflict = " ON CONFLICT (signal_id) DO NOTHING" if skip_recorded else ""
     rows = await conn.fetch(
         "INSERT INTO order_intents (id, signal_id, idempotency_key, symbol, side, strategy, source,"
-        " price, status, decision_type, reason_code, reason_message, emitted_at, decided_at)"
+        " price, status, decision_type, reason_code, reason_message, emitted_at, decided_at,"
+        " quantity, exchange_order_id, error_message)"
         " SELECT u.id, u.signal_id, u.key, u.symbol, u.side, u.strategy, u.source, u.price, u.status,"
         "  u.decision_type, u.reason_code, u.reason_message, u.emitted_at,"
-        "  CASE WHEN u.status <> 'PENDING' THEN now() END"
+        "  CASE WHEN u.status <> 'PENDING' THEN now() END, u.quantity, u.order_id, u.error"
         " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],"
         "  $7::text[], $8::numeric[], $9::text[], $10::text[], $11::text[], $12::text[],"
-        "  $13::timestamptz[])"
+        "  $13::timestamptz[], $14::numeric[], $15::text[], $16::text[])"
         " AS u(id, signal_id, key, symbol, side, strategy, source, price, status, decision_type,"
-        "  reason_code, reason_message, emitted_at)"
-        f" ON CONFLICT (signal_id) DO NOTHING RETURNING {_COLUMNS}",
+        "  reason_code, reason_message, emitted_at, quantity, order_id, error)"
+        f"{conflict} RETURNING {_COLUMNS}",
         [p.intent_id for p in plans],
         [p.signal.signal_id for p in plans],
         [client_order_id(p.intent_id) for p in plans],
         [p.signal.symbol for p in plans],
-        [p.signal.side.value for p in plans],
+        [p.signal.side for p in plans],
         [p.signal.strategy for p in plans],
-        [p.signal.source.value for p in plans],
+        [p.signal.source for p in plans],
         [p.signal.price for p in plans],
-        [x.status.value if x else IntentStatus.PENDING.value for x in d],
-        [x.decision_type.value if x else None for x in d],
-        [x.reason_code.value if x else None for x in d],
-        [x.reason_message if x else None for x in d],
+        [x.status if x else IntentStatus.PENDING for x in decisions],
+        [x.decision_type if x else None for x in decisions],
+        [x.reason_code if x else None for x in decisions],
+        [x.reason_message if x else None for x in decisions],
         [p.signal.emitted_at for p in plans],
+        [o.quantity if o else None for o in extra],
+        [o.exchange_order_id if o else None for o in extra],
+        [o.error_message if o else None for o in extra],
     )
     return [_row(r) for r in rows]
 

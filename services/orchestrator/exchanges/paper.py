@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
@@ -38,9 +38,7 @@ class Fill:
     quote_amount: Decimal
 
 
-def fill(
-    order: OrderRequest, balances: Mapping[str, Decimal], reject: frozenset[str]
-) -> Fill | OrderResult:
+def fill(order: OrderRequest, balances: Mapping[str, Decimal], reject: frozenset[str]) -> Fill | OrderResult:
     """Decide one paper order against balances: a Fill, or a failed OrderResult."""
     if order.symbol in reject:
         return OrderResult.failed(
@@ -75,6 +73,103 @@ def fill(
                 quantity,
             )
     return Fill(base, quote, quantity, cost)
+
+
+@dataclass(frozen=True)
+class PaperOrder:
+    """A filled paper order to write: its id, its request and the fill."""
+
+    order_id: str
+    client_order_id: str
+    request: OrderRequest
+    fill: Fill
+
+
+def fill_batch(
+    orders: Sequence[OrderRequest],
+    held: dict[str, Decimal],
+    reject: frozenset[str],
+    done: Mapping[str, tuple[str, Decimal]] | None = None,
+) -> tuple[list[OrderResult], list[PaperOrder]]:
+    """Fill orders in sequence against held (updated in place); return results and the new orders.
+
+    `done` maps client order ids already filled to (order id, quantity): those are answered
+    from it and never filled twice, also when one id comes twice in a batch.
+    """
+    filled: dict[str, tuple[str, Decimal]] = dict(done or {})
+    results: list[OrderResult] = []
+    new_orders: list[PaperOrder] = []
+    for order in orders:
+        cid = order.client_order_id
+        previous = filled.get(cid)
+        if previous is not None:
+            results.append(OrderResult.ok(previous[0], previous[1], "order already filled"))
+            continue
+        outcome = fill(order, held, reject)
+        if isinstance(outcome, OrderResult):
+            results.append(outcome)
+            continue
+        sign = 1 if order.side is Side.BUY else -1
+        held[outcome.base] = held.get(outcome.base, Decimal(0)) + sign * outcome.quantity
+        held[outcome.quote] = held.get(outcome.quote, Decimal(0)) - sign * outcome.quote_amount
+        order_id = f"paper-{os.urandom(16).hex()}"
+        new_orders.append(PaperOrder(order_id, cid, order, outcome))
+        filled[cid] = (order_id, outcome.quantity)
+        results.append(
+            OrderResult.ok(
+                order_id,
+                outcome.quantity,
+                f"paper {order.side.value} {outcome.quantity} {outcome.base} at {order.price.normalize():f}",
+            )
+        )
+    return results, new_orders
+
+
+def assets_of(orders: Sequence[OrderRequest]) -> list[str]:
+    """The assets a batch may move, sorted (the order balances are locked in)."""
+    assets: set[str] = set()
+    for o in orders:
+        try:
+            assets.update(split_symbol(o.symbol))
+        except ValueError:
+            continue
+    return sorted(assets)
+
+
+async def lock_balances(conn: asyncpg.Connection, assets: Sequence[str]) -> dict[str, Decimal]:
+    """Lock and return the balances of these assets until the transaction ends."""
+    rows = await conn.fetch(
+        "SELECT asset, amount FROM paper_balances WHERE asset = ANY($1::text[]) ORDER BY asset FOR UPDATE",
+        list(assets),
+    )
+    return {r["asset"]: r["amount"] for r in rows}
+
+
+async def write_fills(
+    conn: asyncpg.Connection, new_orders: Sequence[PaperOrder], held: Mapping[str, Decimal]
+) -> None:
+    """Insert the new orders and set the balances they moved, in one statement."""
+    if not new_orders:
+        return
+    moved = sorted({a for n in new_orders for a in (n.fill.base, n.fill.quote)})
+    # A client order id already present raises (unique key): never two fills for one intent.
+    await conn.execute(
+        "WITH orders AS ("
+        " INSERT INTO paper_orders (id, client_order_id, symbol, side, price, quantity, quote_amount)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[],"
+        " $6::numeric[], $7::numeric[]))"
+        " INSERT INTO paper_balances (asset, amount) SELECT * FROM unnest($8::text[], $9::numeric[])"
+        " ON CONFLICT (asset) DO UPDATE SET amount = EXCLUDED.amount, updated_at = now()",
+        [n.order_id for n in new_orders],
+        [n.client_order_id for n in new_orders],
+        [n.request.symbol for n in new_orders],
+        [n.request.side for n in new_orders],
+        [n.request.price for n in new_orders],
+        [n.fill.quantity for n in new_orders],
+        [n.fill.quote_amount for n in new_orders],
+        moved,
+        [held[a] for a in moved],
+    )
 
 
 class PaperExchange:
@@ -115,70 +210,26 @@ class PaperExchange:
             return []
         async with self.pool.acquire() as conn, conn.transaction():
             done = {
-                r["client_order_id"]: r
+                r["client_order_id"]: (r["id"], r["quantity"])
                 for r in await conn.fetch(
                     "SELECT id, client_order_id, quantity FROM paper_orders WHERE client_order_id = ANY($1)",
                     [o.client_order_id for o in orders],
                 )
             }
-            assets: set[str] = set()
-            for o in orders:
-                try:
-                    assets.update(split_symbol(o.symbol))
-                except ValueError:
-                    continue
-            held = {
-                r["asset"]: r["amount"]
-                for r in await conn.fetch(
-                    "SELECT asset, amount FROM paper_balances WHERE asset = ANY($1) ORDER BY asset FOR UPDATE",
-                    sorted(assets),
-                )
-            }
-            results: list[OrderResult] = []
-            new_orders: list[tuple[str, OrderRequest, Fill]] = []
-            for order in orders:
-                previous = done.get(order.client_order_id)
-                if previous is not None:
-                    results.append(
-                        OrderResult.ok(previous["id"], previous["quantity"], "order already filled")
-                    )
-                    continue
-                outcome = fill(order, held, self.reject)
-                if isinstance(outcome, OrderResult):
-                    results.append(outcome)
-                    continue
-                sign = 1 if order.side is Side.BUY else -1
-                held[outcome.base] = held.get(outcome.base, Decimal(0)) + sign * outcome.quantity
-                held[outcome.quote] = (
-                    held.get(outcome.quote, Decimal(0)) - sign * outcome.quote_amount
-                )
-                order_id = f"paper-{uuid.uuid4().hex}"
-                new_orders.append((order_id, order, outcome))
-                done[order.client_order_id] = {"id": order_id, "quantity": outcome.quantity}
-                results.append(
-                    OrderResult.ok(
-                        order_id,
-                        outcome.quantity,
-                        f"paper {order.side.value} {outcome.quantity} {outcome.base} at {order.price.normalize():f}",
-                    )
-                )
-            if new_orders:
-                await conn.execute(
-                    "INSERT INTO paper_orders (id, client_order_id, symbol, side, price, quantity, quote_amount)"
-                    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[],"
-                    " $6::numeric[], $7::numeric[])",
-                    [n[0] for n in new_orders],
-                    [n[1].client_order_id for n in new_orders],
-                    [n[1].symbol for n in new_orders],
-                    [n[1].side.value for n in new_orders],
-                    [n[1].price for n in new_orders],
-                    [n[2].quantity for n in new_orders],
-                    [n[2].quote_amount for n in new_orders],
-                )
-                await conn.execute(
-                    "INSERT INTO paper_balances (asset, amount) SELECT * FROM unnest($1::text[], $2::numeric[])"
-                    " ON CONFLICT (asset) DO UPDATE SET amount = EXCLUDED.amount, updated_at = now()",
-                    list(held),
-                    list(held.values()),
-                )
+            held = await lock_balances(conn, assets_of(orders))
+            results, new_orders = fill_batch(orders, held, self.reject, done)
+            await write_fills(conn, new_orders, held)
             return results
+
+    async def place_in(self, conn: asyncpg.Connection, orders: Sequence[OrderRequest]) -> list[OrderResult]:
+        """Fill orders of intents being inserted in the caller's transaction (commit or roll back together).
+
+        These intents have never existed, so no order of theirs can: no lookup. Should one
+        exist all the same, its unique client order id aborts the transaction.
+        """
+        if not orders:
+            return []
+        held = await lock_balances(conn, assets_of(orders))
+        results, new_orders = fill_batch(orders, held, self.reject)
+        await write_fills(conn, new_orders, held)
+        return results

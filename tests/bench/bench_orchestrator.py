@@ -1,0 +1,140 @@
+"""Measure a running orchestrator process: throughput over a burst, latency at a steady rate.
+
+Both observe only Redis: the signals go into `signals`; a signal counts as decided when
+its `OrderDecided` event arrives on `order-decisions` (published after the decision is
+committed) and, for throughput, when the orchestrator group has acknowledged every entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Collection
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared.streams import GROUP_ORCHESTRATOR, StreamNames
+from tests.bench.load import (
+    entry_signal_id,
+    percentiles,
+    progress,
+    publish_at_rate,
+    publish_burst,
+    signal_entry,
+)
+
+
+async def _last_id(redis: Redis, stream: str) -> str:
+    last: Any = await redis.xrevrange(stream, "+", "-", count=1)
+    return str(last[0][0]) if last else "0-0"
+
+
+async def watch_decisions(
+    redis: Redis, stream: str, after: str, expected: Collection[str], timeout: float
+) -> dict[str, tuple[float, str]]:
+    """Read OrderDecided events after `after` until every expected signal has one, or timeout.
+
+    Returns {signal_id: (wall time the event was read, status)}.
+    """
+    want = set(expected)
+    seen: dict[str, tuple[float, str]] = {}
+    deadline = time.monotonic() + timeout
+    cursor = after
+    while want - seen.keys() and time.monotonic() < deadline:
+        response: Any = await redis.xread({stream: cursor}, count=1000, block=500)
+        at = time.time()
+        for _, entries in response or []:
+            for entry_id, fields in entries:
+                cursor = entry_id
+                event = json.loads(fields["event"])
+                if event["signal_id"] in want:
+                    seen[event["signal_id"]] = (at, event["status"])
+    return seen
+
+
+async def group_done(redis: Redis, stream: str, group: str) -> bool:
+    """Tell whether the group has read and acknowledged every entry of the stream."""
+    groups: Any = await redis.xinfo_groups(stream)
+    info = next((g for g in groups if g["name"] == group), None)
+    if info is None or int(info["pending"]) != 0:
+        return False
+    return str(info["last-delivered-id"]) == await _last_id(redis, stream)
+
+
+async def throughput(
+    redis: Redis, names: StreamNames, events: int, *, timeout: float = 300
+) -> dict[str, Any]:
+    """Publish `events` signals as fast as possible; time until every one is decided and acknowledged."""
+    entries = [signal_entry(i, "tp") for i in range(events)]
+    ids = [entry_signal_id(e) for e in entries]
+    after = await _last_id(redis, names.order_decisions)
+    watcher = asyncio.create_task(watch_decisions(redis, names.order_decisions, after, ids, timeout))
+    started = time.time()
+    await publish_burst(redis, names.signals, entries)
+    published_s = time.time() - started
+    seen = await watcher
+    deadline = time.monotonic() + 30
+    while not await group_done(redis, names.signals, GROUP_ORCHESTRATOR):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                "the orchestrator group still has entries pending 30 s after the last decision"
+            )
+        await asyncio.sleep(0.005)
+    finished = time.time()
+    if len(seen) != events:
+        raise RuntimeError(f"only {len(seen)} of {events} signals were decided within {timeout:.0f} s")
+    statuses: dict[str, int] = {}
+    for _, status in seen.values():
+        statuses[status] = statuses.get(status, 0) + 1
+    elapsed = finished - started
+    progress(f"orchestrator decided {events} signals in {elapsed:.2f} s ({events / elapsed:.0f}/s)")
+    return {
+        "orchestrator_per_s": round(events / elapsed),
+        "orchestrator_events": events,
+        "orchestrator_elapsed_s": round(elapsed, 3),
+        "orchestrator_publish_s": round(published_s, 3),
+        "orchestrator_statuses": statuses,
+    }
+
+
+async def latency(redis: Redis, names: StreamNames, rate: float, seconds: float) -> dict[str, Any]:
+    """Publish at `rate`/s for `seconds`; latency = OrderDecided read - signal published."""
+    after = await _last_id(redis, names.order_decisions)
+    published: dict[str, float] = {}
+    expected_total = int(rate * seconds)
+    seen: dict[str, tuple[float, str]] = {}
+    cursor = after
+    stop = asyncio.Event()
+
+    async def read() -> None:
+        nonlocal cursor
+        while not (stop.is_set() and len(seen) >= expected_total):
+            response: Any = await redis.xread({names.order_decisions: cursor}, count=1000, block=200)
+            at = time.time()
+            for _, entries in response or []:
+                for entry_id, fields in entries:
+                    cursor = entry_id
+                    event = json.loads(fields["event"])
+                    seen[event["signal_id"]] = (at, event["status"])
+            if stop.is_set() and time.monotonic() > give_up:
+                return
+
+    give_up = float("inf")
+    reader = asyncio.create_task(read())
+    published = await publish_at_rate(
+        redis, names.signals, rate, seconds, lambda i: signal_entry(i, f"lat{int(time.time())}")
+    )
+    give_up = time.monotonic() + 30
+    stop.set()
+    await reader
+    samples = [(seen[s][0] - t) * 1000 for s, t in published.items() if s in seen]
+    result = percentiles(samples)
+    progress(f"orchestrator latency at {rate:.0f}/s over {seconds:.0f} s: {result}")
+    return {
+        "latency_ms": {k: result[k] for k in ("p50", "p95", "p99")},
+        "latency_max_ms": result["max"],
+        "latency_events": len(samples),
+        "latency_missing": len(published) - len(samples),
+    }

@@ -1,0 +1,110 @@
+"""Load generation for the benchmarks: signals built fast, published in bursts or at a steady rate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared.events import SignalEmitted
+from shared.streams import encode_entry
+
+SYMBOLS = ("BTC_USDT", "ETH_USDT", "SOL_USDT", "XRP_USDT")
+
+
+def progress(message: str) -> None:
+    """Show one progress line on stderr (stdout carries the JSON result)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def signal_entry(index: int, tag: str, *, side: str = "BUY", symbol: str | None = None) -> dict[str, str]:
+    """A valid SignalEmitted entry, emitted now, with a strategy no other signal shares (no dedup)."""
+    event = SignalEmitted.model_validate(
+        {
+            "signal_id": uuid.uuid4(),
+            "symbol": symbol or SYMBOLS[index % len(SYMBOLS)],
+            "side": side,
+            "price": "50000",
+            "strategy": f"bench:{tag}:{index}",
+            "source": "strategy",
+            "emitted_at": datetime.now(UTC),
+        }
+    )
+    return encode_entry(event)
+
+
+def entry_signal_id(entry: dict[str, str]) -> str:
+    """The signal_id of an entry built by signal_entry."""
+    return str(json.loads(entry["event"])["signal_id"])
+
+
+async def publish_burst(
+    redis: Redis, stream: str, entries: Sequence[dict[str, str]], chunk: int = 500
+) -> None:
+    """XADD entries as fast as Redis takes them: pipelined chunks."""
+    for start in range(0, len(entries), chunk):
+        async with redis.pipeline(transaction=False) as pipe:
+            for fields in entries[start : start + chunk]:
+                pipe.xadd(stream, fields)  # type: ignore[arg-type]
+            await pipe.execute()
+
+
+async def publish_at_rate(
+    redis: Redis,
+    stream: str,
+    rate: float,
+    seconds: float,
+    make: Callable[[int], dict[str, str]],
+) -> dict[str, float]:
+    """Publish `rate` entries a second for `seconds`; return {signal_id: wall time published}.
+
+    The time is taken just before the entry is built and sent, so a latency measured from
+    it includes the XADD itself. Entries that fall
+    due together, because the loop woke late, go out in one pipeline.
+    """
+    total = int(rate * seconds)
+    published: dict[str, float] = {}
+    started = time.monotonic()
+    index = 0
+    while index < total:
+        now = time.monotonic()
+        due = min(total, int((now - started) * rate) + 1)
+        if due > index:
+            at = time.time()
+            batch = [make(i) for i in range(index, due)]
+            async with redis.pipeline(transaction=False) as pipe:
+                for fields in batch:
+                    pipe.xadd(stream, fields)  # type: ignore[arg-type]
+                await pipe.execute()
+            for fields in batch:
+                published[entry_signal_id(fields)] = at
+            index = due
+        next_at = started + index / rate
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    return published
+
+
+def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
+    """p50, p95, p99 and max of samples (nearest-rank), rounded to 0.01 ms."""
+    if not samples_ms:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "max": float("nan")}
+    ordered = sorted(samples_ms)
+
+    def rank(p: float) -> float:
+        k = max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))
+        return round(ordered[k], 2)
+
+    return {"p50": rank(50), "p95": rank(95), "p99": rank(99), "max": round(ordered[-1], 2)}
+
+
+def as_json(value: Any) -> str:
+    """Render a result as one JSON line."""
+    return json.dumps(value, default=str)

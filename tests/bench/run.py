@@ -1,0 +1,289 @@
+"""`make bench`: the raw limit and the product side by side, on fresh data, as one JSON object.
+
+One process tree: this process publishes and observes; the services run as OS processes
+(`intentflow run orchestrator`, `intentflow run notifier`, `intentflow telegram-sandbox
+--enforce-limits`), the raw loop as its own process. Servers come from REDIS_URL /
+DATABASE_URL (an admin URL: the bench creates its own database and drops it after) or are
+started as the tests start them (tests/support/servers.py). Progress goes to stderr; the
+result to stdout and to bench-results/latest.json.
+
+Environment knobs: BENCH_EVENTS (20000), BENCH_RATE (1000), BENCH_SECONDS (20),
+BENCH_BURST (200), BENCH_SKIP_DIAGNOSTICS=1 (skip planting two million rows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from redis.asyncio import Redis
+
+from shared.db import migrate
+from shared.redis import create_redis
+from shared.streams import GROUP_NOTIFIER, StreamNames
+from tests.bench import bench_orchestrator, bench_telegram, raw_baseline
+from tests.bench.load import progress, publish_burst, signal_entry
+from tests.support import servers
+from tests.support.procs import Proc, intentflow, wait_for_log
+
+RESULTS = Path("bench-results")
+GROUP_CHAT = "-1001234567890"
+RSS_EVERY_S = 0.25
+
+
+class RssSampler:
+    """Sample the resident memory of named processes on a thread until stopped."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[tuple[float, float]]] = {}
+        self._procs: dict[str, psutil.Process] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def watch(self, name: str, pid: int) -> None:
+        self._procs[name] = psutil.Process(pid)
+        self.samples.setdefault(name, [])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(RSS_EVERY_S):
+            for name, proc in list(self._procs.items()):
+                try:
+                    rss = proc.memory_info().rss / 2**20
+                except psutil.Error:
+                    continue
+                self.samples[name].append((time.monotonic(), rss))
+
+    def summary(self) -> tuple[dict[str, float], dict[str, bool], dict[str, Any]]:
+        """Peak MB per process; flat = the second half's peak within 10% (+5 MB) of the first half's."""
+        peaks: dict[str, float] = {}
+        flat: dict[str, bool] = {}
+        detail: dict[str, Any] = {}
+        for name, samples in self.samples.items():
+            if not samples:
+                continue
+            values = [rss for _, rss in samples]
+            half = len(values) // 2 or 1
+            first, second = max(values[:half]), max(values[half:] or values)
+            peaks[name] = round(max(values), 1)
+            flat[name] = second <= first * 1.10 + 5
+            detail[name] = {
+                "start": round(values[0], 1),
+                "first_half_peak": round(first, 1),
+                "second_half_peak": round(second, 1),
+                "end": round(values[-1], 1),
+                "samples": len(values),
+            }
+        return peaks, flat, detail
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def machine() -> dict[str, Any]:
+    """The machine the figures come from."""
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+async def _wait_decided(redis: Redis, names: StreamNames, count: int) -> None:
+    entries = [signal_entry(i, f"warm{uuid.uuid4().hex[:6]}") for i in range(count)]
+    after = await bench_orchestrator._last_id(redis, names.order_decisions)
+    ids = [json.loads(e["event"])["signal_id"] for e in entries]
+    watcher = asyncio.create_task(
+        bench_orchestrator.watch_decisions(redis, names.order_decisions, after, ids, 120)
+    )
+    await publish_burst(redis, names.signals, entries)
+    seen = await watcher
+    if len(seen) != count:
+        raise RuntimeError(f"warm-up: only {len(seen)} of {count} signals were decided")
+
+
+async def _start_group_at_end(redis: Redis, stream: str, group: str) -> None:
+    # The notifier joins late: it announces the burst, not the earlier load.
+    await redis.xgroup_create(stream, group, id="$", mkstream=True)
+
+
+async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]:
+    """Run every measurement against running service processes; return the figures."""
+    events = int(os.environ.get("BENCH_EVENTS", "20000"))
+    rate = float(os.environ.get("BENCH_RATE", "1000"))
+    seconds = float(os.environ.get("BENCH_SECONDS", "20"))
+    burst_count = int(os.environ.get("BENCH_BURST", "200"))
+    prefix = f"bench-{uuid.uuid4().hex[:8]}:"
+    names = StreamNames(prefix)
+    result: dict[str, Any] = {}
+
+    progress("raw loop: drain and latency")
+    result.update(
+        await raw_baseline.measure(
+            redis_url, database_url, f"{prefix}raw:", events=events, rate=rate, seconds=seconds
+        )
+    )
+
+    sandbox_port = free_port()
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    env = {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "INTENTFLOW_STREAM_PREFIX": prefix,
+        "INTENTFLOW_DATA_DIR": str(work / "data"),
+        "TRADING_MODE": "paper",
+        "PAPER_BALANCES": "USDT=1000000000000",
+        "TELEGRAM_BOT_TOKEN": "123456789:AAbenchbenchbenchbenchbenchbench",
+        "TELEGRAM_CHAT_ID": GROUP_CHAT,
+        "TELEGRAM_API_URL": sandbox_url,
+        "LOG_FORMAT": "json",
+    }
+    sampler = RssSampler()
+    procs: dict[str, Proc] = {}
+    redis = create_redis(redis_url)
+    try:
+        procs["orchestrator"] = Proc(
+            intentflow("run", "orchestrator"), env, work / "orchestrator.log"
+        ).start()
+        wait_for_log(procs["orchestrator"], "orchestrator consuming", timeout=60)
+        sampler.watch("orchestrator", procs["orchestrator"].pid)
+        sampler.start()
+        progress("orchestrator up; warming up with 1000 signals")
+        await _wait_decided(redis, names, 1000)
+
+        progress(f"orchestrator throughput: {events} signals published at once")
+        tp = await bench_orchestrator.throughput(redis, names, events)
+        result.update(tp)
+        result["ratio"] = round(tp["orchestrator_per_s"] / result["raw_baseline_per_s"], 3)
+
+        progress(f"orchestrator latency: {rate:.0f} signals/s for {seconds:.0f} s")
+        result.update(await bench_orchestrator.latency(redis, names, rate, seconds))
+
+        progress(f"telegram burst: {burst_count} signals to one group chat, limits enforced")
+        procs["telegram-sandbox"] = Proc(
+            intentflow("telegram-sandbox", "--port", str(sandbox_port), "--enforce-limits"),
+            env,
+            work / "sandbox.log",
+        ).start()
+        sampler.watch("telegram-sandbox", procs["telegram-sandbox"].pid)
+        await _wait_http(f"{sandbox_url}/sandbox/stats", procs["telegram-sandbox"])
+        await _start_group_at_end(redis, names.signals, GROUP_NOTIFIER)
+        await _start_group_at_end(redis, names.order_decisions, GROUP_NOTIFIER)
+        procs["notifier"] = Proc(intentflow("run", "notifier"), env, work / "notifier.log").start()
+        sampler.watch("notifier", procs["notifier"].pid)
+        wait_for_log(procs["notifier"], "notifier consuming", timeout=60)
+        result.update(await bench_telegram.burst(redis, names, sandbox_url, count=burst_count))
+    finally:
+        sampler.stop()
+        codes = {name: proc.terminate() for name, proc in procs.items()}
+        await redis.aclose()
+        await _delete_keys(redis_url, prefix)
+    peaks, flat, detail = sampler.summary()
+    result["rss_mb"] = peaks
+    result["rss_flat"] = flat
+    result["rss_detail"] = detail
+    result["exit_codes"] = codes
+    for name, code in codes.items():
+        if code != 0:
+            progress(f"warning: {name} exited {code}; see {work / (name + '.log')}")
+    return result
+
+
+async def _wait_http(url: str, proc: Proc, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2) as http:
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.args} exited:\n{proc.output()[-2000:]}")
+            try:
+                if (await http.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+async def _delete_keys(redis_url: str, prefix: str) -> None:
+    redis = create_redis(redis_url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await redis.delete(*keys)
+    finally:
+        await redis.aclose()
+
+
+def main() -> None:
+    """Run the benchmark; print the JSON object and write it to bench-results/latest.json."""
+    started = time.monotonic()
+    admin = servers.postgres_admin_url()
+    redis_url = servers.redis_server_url()
+    name = f"intentflow_bench_{uuid.uuid4().hex[:8]}"
+    progress(f"fresh database {name}")
+    database_url = servers.create_run_database(admin, name)
+    result: dict[str, Any] = {"started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    try:
+        migrate(database_url)
+        with tempfile.TemporaryDirectory(prefix="intentflow-bench-") as work:
+            try:
+                import uvloop
+
+                result.update(uvloop.run(bench(redis_url, database_url, Path(work))))
+            except ImportError:
+                result.update(asyncio.run(bench(redis_url, database_url, Path(work))))
+            except BaseException:
+                for log in sorted(Path(work).glob("*.log")):
+                    progress(f"--- {log.name} (last lines) ---\n{log.read_text(errors='replace')[-3000:]}")
+                raise
+    finally:
+        servers.drop_database(admin, name)
+    if os.environ.get("BENCH_SKIP_DIAGNOSTICS") != "1":
+        from tests.bench.bench_diagnostics import measure
+
+        progress("diagnostics: planting 1M intents and 1M messages, timing the 12 h query")
+        diag = measure(admin)
+        result["diagnostics_ms"] = diag["diagnostics_ms"]
+        result["diagnostics_detail"] = diag
+    result["machine"] = machine()
+    result["bench_s"] = round(time.monotonic() - started, 1)
+    text = json.dumps(result, default=str)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
