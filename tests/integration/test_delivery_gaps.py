@@ -1,0 +1,83 @@
+"""Delivery gaps the chaos suite found in other rooms, pinned as strict xfails until fixed."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+
+from services.notifier.handlers import Notifier
+from services.notifier.telegram import SendResult
+from shared.consumer import StreamConsumer
+from shared.events import SignalEmitted
+from shared.settings import ConsumerSettings
+from shared.streams import GROUP_NOTIFIER, StreamNames
+from tests.support.eventually import eventually
+from tests.support.pipeline import signal, xadd
+
+
+class CountingSender:
+    """A Telegram that always takes the message; counts what it took per text."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, chat_id: str, text: str) -> SendResult:
+        self.sent.append(text)
+        return SendResult(len(self.sent), True, None)
+
+
+class FlakyPool:
+    """The real pool, except that PostgreSQL is unreachable for the first acquire after a send."""
+
+    def __init__(self, pool: asyncpg.Pool, sender: CountingSender) -> None:
+        self._pool, self._sender, self._broken_after = pool, sender, 1
+
+    def acquire(self) -> Any:
+        if len(self._sender.sent) == self._broken_after:
+            self._broken_after = -1
+            raise ConnectionRefusedError(111, "PostgreSQL is down (simulated)")
+        return self._pool.acquire()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="services/notifier/handlers.py Notifier.deliver sends, then records the row; when "
+    "PostgreSQL fails at the record step the consumer retries the whole handler and the "
+    "message is sent again (seen by the chaos suite's postgres scenario: a line twice at the "
+    "sandbox). Retry only the record after a successful send (or write the row before sending).",
+)
+async def test_postgres_down_between_send_and_record_does_not_send_twice(
+    redis, names: StreamNames, pool: asyncpg.Pool
+) -> None:
+    sender = CountingSender()
+    notifier = Notifier(pool=FlakyPool(pool, sender), sender=sender, chat_id="4242")
+    consumer = StreamConsumer(
+        redis,
+        stream=names.signals,
+        group=GROUP_NOTIFIER,
+        model=SignalEmitted,
+        handler=notifier.on_signals,
+        dead_letter=names.dead_letter,
+        settings=ConsumerSettings.model_validate({"CLAIM_IDLE_MS": 60_000, "CONSUMER_BLOCK_MS": 50}),
+        name="n1",
+    )
+    sig = signal()
+    await xadd(redis, names.signals, sig)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+
+        async def recorded() -> int:
+            return int(await pool.fetchval("SELECT count(*) FROM telegram_messages WHERE kind = 'SIGNAL'"))
+
+        await eventually(recorded, until=lambda n: n == 1, timeout=30)
+    finally:
+        stop.set()
+        await task
+    assert len(sender.sent) == 1, f"the signal was sent {len(sender.sent)} times"
