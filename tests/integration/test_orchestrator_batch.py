@@ -1,0 +1,127 @@
+"""The batched hot path: one batch of mixed signals gets exactly the right decisions, also when racing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import asyncpg
+from redis.asyncio import Redis
+
+from services.orchestrator.exchanges.paper import PaperExchange
+from services.orchestrator.handlers import OrderPipeline
+from shared.consumer import Delivery
+from shared.events import SignalEmitted
+from shared.settings import TradingSettings
+from shared.streams import StreamNames
+from tests.support.pipeline import events, signal
+
+
+async def _pipeline(
+    pool: asyncpg.Pool, redis: Redis, names: StreamNames, settings: TradingSettings
+) -> OrderPipeline:
+    exchange = PaperExchange(pool, settings.balances, settings.reject_symbols)
+    await exchange.start()
+    return OrderPipeline(
+        pool=pool, redis=redis, exchange=exchange, trading=settings, decisions_stream=names.order_decisions
+    )
+
+
+def _batch(*signals: SignalEmitted) -> list[Delivery[SignalEmitted]]:
+    return [Delivery(f"{i + 1}-0", s) for i, s in enumerate(signals)]
+
+
+async def _statuses(pool: asyncpg.Pool) -> dict[uuid.UUID, tuple[str, str]]:
+    rows = await pool.fetch("SELECT signal_id, status, reason_code FROM order_intents")
+    return {r["signal_id"]: (r["status"], r["reason_code"]) for r in rows}
+
+
+async def test_a_mixed_batch_gets_each_decision_once_and_one_order_per_placed_intent(
+    make_settings, pool, redis, names
+) -> None:
+    settings = make_settings(PAPER_BALANCES="USDT=150", PAPER_REJECT_SYMBOLS="DOGE_USDT").trading
+    pipeline = await _pipeline(pool, redis, names, settings)
+    strategy = f"mix:{uuid.uuid4().hex[:6]}"
+    first = signal("BTC_USDT", "BUY", "50000", strategy, ago=3)
+    duplicate = signal("BTC_USDT", "BUY", "50100", strategy, ago=2)
+    unheld = signal("ETH_USDT", "SELL", "3000", ago=2)
+    rejected = signal("DOGE_USDT", "BUY", "0.1", ago=2)
+    broke = signal("SOL_USDT", "BUY", "100", ago=1)
+    other_side = signal("BTC_USDT", "SELL", "50000", strategy, ago=0)
+    batch = _batch(first, duplicate, unheld, rejected, broke, other_side, first)
+
+    assert await pipeline.handle(batch) == set()
+
+    assert await _statuses(pool) == {
+        first.signal_id: ("ORDER_PLACED", "ORDER_PLACED"),
+        duplicate.signal_id: ("DEDUP_SKIPPED", "DUPLICATE_SIGNAL"),
+        unheld.signal_id: ("ORDER_FAILED", "INSUFFICIENT_FUNDS"),
+        rejected.signal_id: ("ORDER_FAILED", "INVALID_ORDER"),
+        # The first order spent 100 of the 150 USDT: 50 left cannot buy 100 worth.
+        broke.signal_id: ("ORDER_FAILED", "INSUFFICIENT_FUNDS"),
+        # It sells the BTC the first order bought, in the same batch, in emission order.
+        other_side.signal_id: ("ORDER_PLACED", "ORDER_PLACED"),
+    }
+    decided = await events(redis, names.order_decisions)
+    assert sorted(e["signal_id"] for e in decided) == sorted(
+        str(s.signal_id) for s in (first, duplicate, unheld, rejected, broke, other_side)
+    )
+    assert all(e["decided_at"] and e["reason_code"] for e in decided)
+    orders = await pool.fetch("SELECT client_order_id, side, quantity FROM paper_orders")
+    assert sorted(o["side"] for o in orders) == ["BUY", "SELL"]
+    placed = await pool.fetch(
+        "SELECT idempotency_key, quantity, exchange_order_id FROM order_intents WHERE status = 'ORDER_PLACED'"
+    )
+    assert {p["idempotency_key"] for p in placed} == {o["client_order_id"] for o in orders}
+    assert all(p["exchange_order_id"] and p["quantity"] == Decimal("0.002") for p in placed)
+    balances = dict(await pool.fetch("SELECT asset, amount FROM paper_balances"))
+    assert balances["USDT"] == Decimal("150")  # bought 0.002 BTC at 50000, sold it at 50000
+    assert balances["BTC"] == 0
+
+    # The whole batch delivered again: nothing new is decided, no order is placed twice.
+    assert await pipeline.handle(batch) == set()
+    assert await pool.fetchval("SELECT count(*) FROM paper_orders") == 2
+    assert await pool.fetchval("SELECT count(*) FROM order_intents") == 6
+
+
+async def test_racing_pipelines_keep_one_intent_per_signal_and_the_window_exact(
+    make_settings, pool, redis, names
+) -> None:
+    settings = make_settings(PAPER_BALANCES="USDT=1000000").trading
+    pipelines = [await _pipeline(pool, redis, names, settings) for _ in range(4)]
+    strategies = [f"race:{uuid.uuid4().hex[:6]}" for _ in range(10)]
+    # Ten keys, each signalled 8 times within the window; every pipeline gets every signal.
+    signals = [signal("BTC_USDT", "BUY", "50000", s, ago=8 - i) for s in strategies for i in range(8)]
+    batches = [_batch(*signals[k::4], *signals[(k + 1) % 4 :: 4]) for k in range(4)]
+
+    keep = await asyncio.gather(*(p.handle(b) for p, b in zip(pipelines, batches, strict=True)))
+
+    assert all(k == set() for k in keep)
+    statuses = await _statuses(pool)
+    assert set(statuses) == {s.signal_id for s in signals}
+    placed = [sid for sid, (status, _) in statuses.items() if status == "ORDER_PLACED"]
+    assert len(placed) == len(strategies)
+    assert all(status in ("ORDER_PLACED", "DEDUP_SKIPPED") for status, _ in statuses.values())
+    rows = await pool.fetch("SELECT strategy FROM order_intents WHERE status = 'ORDER_PLACED'")
+    assert sorted(r["strategy"] for r in rows) == sorted(strategies)
+    assert await pool.fetchval("SELECT count(*) FROM paper_orders") == len(strategies)
+    usdt = await pool.fetchval("SELECT amount FROM paper_balances WHERE asset = 'USDT'")
+    assert usdt == Decimal("1000000") - 100 * len(strategies)
+
+
+async def test_brake_on_blocks_a_batch_without_placing(make_settings, pool, redis, names) -> None:
+    settings = make_settings().trading
+    pipeline = await _pipeline(pool, redis, names, settings)
+    await pool.execute(
+        "INSERT INTO control_flags (name, enabled, changed_by) VALUES ('brake', true, 'test@host')"
+    )
+    sigs = [signal() for _ in range(3)]
+
+    await pipeline.handle(_batch(*sigs))
+
+    statuses = await _statuses(pool)
+    assert set(statuses.values()) == {("BLOCKED_LIVE_TRADING", "ORDER_BLOCKED_LIVE_TRADING")}
+    assert await pool.fetchval("SELECT count(*) FROM paper_orders") == 0
+    messages = [e["reason_message"] for e in await events(redis, names.order_decisions)]
+    assert all("brake is on" in m and "test@host" in m for m in messages)
