@@ -45,3 +45,78 @@ async def test_scenario_loses_nothing_and_does_nothing_twice(
     figures: Figures = await run_scenario(scenario, chaos_servers, SHORT, work)
     assert figures.published == SHORT.signals
     assert figures.ok, f"\n{table([figures])}\n" + "\n".join(figures.problems)
+
+
+async def test_redis_restarted_without_its_data_every_service_recovers(
+    service_env, sandbox, tmp_path, pool
+) -> None:
+    """Redis comes back empty (no AOF): streams and groups are gone. Every service stays up,
+    reports not-ready meanwhile (webhook 503, diagnostics /readyz 503), recreates its groups and
+    handles what is published afterwards."""
+    import httpx
+
+    from shared.embedded import EmbeddedRedis, free_port
+    from tests.e2e.test_shutdown import READY_LOGS, full_env, sigterm_exit_code, start
+    from tests.support.eventually import eventually
+    from tests.support.procs import await_log
+
+    root = Path(tempfile.mkdtemp(prefix="intentflow-nodata-"))
+    os.chmod(root, 0o755)
+    server = EmbeddedRedis(root, appendonly=False, port=free_port())
+    await asyncio.to_thread(server.start)
+    env = {**full_env(service_env, sandbox.url), "REDIS_URL": server.url, "CLAIM_IDLE_MS": "1000"}
+    webhook = f"http://127.0.0.1:{env['WEBHOOK_PORT']}"
+    diagnostics = f"http://127.0.0.1:{env['DIAGNOSTICS_PORT']}"
+    procs = {service: start(service, env, tmp_path / "logs") for service in READY_LOGS}
+    try:
+        for service, proc in procs.items():
+            await await_log(proc, READY_LOGS[service], timeout=60)
+        async with httpx.AsyncClient(timeout=10) as http:
+
+            async def post(strategy: str) -> int:
+                body = {
+                    "secret": env["WEBHOOK_SECRET"],
+                    "symbol": "BTC_USDT",
+                    "side": "BUY",
+                    "price": "100",
+                    "strategy": strategy,
+                }
+                return (await http.post(f"{webhook}/webhook", json=body)).status_code
+
+            async def decided() -> int:
+                return int(
+                    await pool.fetchval("SELECT count(*) FROM order_intents WHERE status <> 'PENDING'")
+                )
+
+            async def announced() -> int:
+                return int(
+                    await pool.fetchval("SELECT count(*) FROM telegram_messages WHERE kind = 'SIGNAL'")
+                )
+
+            async def ready(url: str) -> int:
+                try:
+                    return (await http.get(url)).status_code
+                except httpx.HTTPError:
+                    return 0
+
+            assert [await post(f"nodata.before.{i}") for i in range(3)] == [202] * 3
+            await eventually(decided, until=lambda n: n == 3, timeout=30)
+            # What is in Redis when it loses its data is lost with it: let it all be consumed first.
+            await eventually(announced, until=lambda n: n == 3, timeout=30)
+            await asyncio.to_thread(server.stop)
+            assert await post("nodata.during") == 503
+            await eventually(lambda: ready(f"{diagnostics}/readyz"), until=lambda c: c == 503, timeout=30)
+            await eventually(lambda: ready(f"{webhook}/readyz"), until=lambda c: c == 503, timeout=30)
+
+            await asyncio.to_thread(server.start)  # empty: no AOF, no snapshot
+            await eventually(lambda: ready(f"{diagnostics}/readyz"), until=lambda c: c == 200, timeout=30)
+            assert [await post(f"nodata.after.{i}") for i in range(3)] == [202] * 3
+            await eventually(decided, until=lambda n: n == 6, timeout=60, what="signals after the restart")
+            await eventually(announced, until=lambda n: n == 6, timeout=60, what="their messages")
+        for service, proc in procs.items():
+            assert proc.alive(), f"{service} exited:\n{proc.output()[-3000:]}"
+    finally:
+        codes = {s: await asyncio.to_thread(sigterm_exit_code, p) for s, p in procs.items() if p.alive()}
+        await asyncio.to_thread(server.stop)
+        shutil.rmtree(root, ignore_errors=True)
+    assert codes == dict.fromkeys(codes, 0)
