@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +121,44 @@ async def test_redis_restarted_without_its_data_every_service_recovers(
         await asyncio.to_thread(server.stop)
         shutil.rmtree(root, ignore_errors=True)
     assert codes == dict.fromkeys(codes, 0)
+
+
+async def test_a_sigkilled_orchestrators_batch_is_claimed_and_its_name_removed(
+    service_env, sandbox, tmp_path, redis, names, pool
+) -> None:
+    from shared.streams import GROUP_ORCHESTRATOR
+    from tests.e2e.test_shutdown import READY_LOGS, full_env, sigterm_exit_code, start
+    from tests.support.eventually import eventually
+    from tests.support.pipeline import signal, xadd
+    from tests.support.procs import await_log
+
+    env = {**full_env(service_env, sandbox.url), "CONSUMER_BATCH_SIZE": "50", "CLAIM_IDLE_MS": "1000"}
+    sigs = [signal() for _ in range(400)]
+    victim = start("orchestrator", env, tmp_path / "logs")
+    await await_log(victim, READY_LOGS["orchestrator"], timeout=60)
+    for sig in sigs:
+        await xadd(redis, names.signals, sig)
+
+    async def decided() -> int:
+        return int(await pool.fetchval("SELECT count(*) FROM order_intents WHERE status <> 'PENDING'"))
+
+    await eventually(decided, until=lambda n: n > 0, timeout=30, interval=0.01)
+    victim.kill()
+    held: Any = await redis.xpending(names.signals, GROUP_ORCHESTRATOR)
+    assert held["pending"] > 0, "the victim was killed between batches; nothing in hand to claim"
+    (dead_name,) = [c["name"] for c in held["consumers"]]
+
+    heir = start("orchestrator", env, tmp_path / "logs")
+    try:
+        await eventually(decided, until=lambda n: n == len(sigs), timeout=90, what="every signal decided")
+
+        async def consumers() -> list[str]:
+            return [c["name"] for c in await redis.xinfo_consumers(names.signals, GROUP_ORCHESTRATOR)]
+
+        await eventually(consumers, until=lambda cs: dead_name not in cs and len(cs) == 1, timeout=30)
+        assert "claimed idle entries" in heir.output()
+    finally:
+        assert await asyncio.to_thread(sigterm_exit_code, heir) == 0
+    assert await pool.fetchval("SELECT count(DISTINCT signal_id) FROM order_intents") == len(sigs)
+    assert await pool.fetchval("SELECT count(*) FROM paper_orders") == len(sigs)
+    assert await redis.xlen(names.dead_letter) == 0
