@@ -12,7 +12,7 @@ from redis.commands.core import AsyncScript
 
 from services.orchestrator import decide, intents
 from services.orchestrator.exchanges.base import Exchange, OrderRequest, OrderResult
-from services.orchestrator.exchanges.paper import PaperExchange
+from services.orchestrator.exchanges.paper import FillWrite, PaperExchange
 from shared.consumer import Delivery, is_transient
 from shared.events import FailureClass, IntentStatus, OrderDecided, Side, SignalEmitted
 from shared.logging import get_logger
@@ -89,15 +89,23 @@ class OrderPipeline:
                 new, state.active, window_s=window, mode=self.trading.trading_mode, brake_reason=state.brake
             )
             outcomes: dict[uuid.UUID, intents.Outcome] = {}
+            fills: FillWrite | None = None
             if paper is not None:
                 requests = [self._request(p.intent_id, p.signal) for p in plans if p.decision is None]
-                results = await paper.place_in(conn, requests)
+                results, fills = await paper.fill_in(conn, requests)
                 outcomes = {
                     req.intent_id: _outcome(req.intent_id, res)
                     for req, res in zip(requests, results, strict=True)
                     if not res.unknown
                 }
-            inserted = await intents.insert_plans(conn, plans, outcomes, skip_recorded=paper is None)
+            inserted = await intents.insert_plans(
+                conn,
+                plans,
+                outcomes,
+                skip_recorded=paper is None,
+                with_ctes=fills.ctes if fills else "",
+                with_args=fills.args if fills else (),
+            )
         rows = dict(state.recorded)
         rows.update({r.signal_id: r for r in inserted})
         return rows, set(state.recorded)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
@@ -186,11 +188,15 @@ async def insert_plans(
     outcomes: Mapping[uuid.UUID, Outcome] | None = None,
     *,
     skip_recorded: bool = True,
+    with_ctes: str = "",
+    with_args: Sequence[Any] = (),
 ) -> list[IntentRow]:
     """Insert one intent per plan: its own decision, else its order's outcome, else PENDING.
 
     skip_recorded: a signal already recorded is left alone (ON CONFLICT DO NOTHING); without
     it a recorded signal raises, rolling back whatever the transaction did for it (its order).
+    with_ctes/with_args: data-modifying CTEs (parameters from $1) run in the same statement,
+    e.g. the paper fills of these intents: one round trip for both.
     """
     if not plans:
         return []
@@ -203,7 +209,7 @@ async def insert_plans(
         extra.append(outcome)
         decisions.append(p.decision or (outcome.decision if outcome else None))
     conflict = " ON CONFLICT (signal_id) DO NOTHING" if skip_recorded else ""
-    rows = await conn.fetch(
+    sql = (
         "INSERT INTO order_intents (id, signal_id, idempotency_key, symbol, side, strategy, source,"
         " price, status, decision_type, reason_code, reason_message, emitted_at, decided_at,"
         " quantity, exchange_order_id, error_message)"
@@ -215,7 +221,14 @@ async def insert_plans(
         "  $13::timestamptz[], $14::numeric[], $15::text[], $16::text[])"
         " AS u(id, signal_id, key, symbol, side, strategy, source, price, status, decision_type,"
         "  reason_code, reason_message, emitted_at, quantity, order_id, error)"
-        f"{conflict} RETURNING {_COLUMNS}",
+        f"{conflict} RETURNING {_COLUMNS}"
+    )
+    if with_ctes:
+        shift = len(with_args)
+        sql = f"WITH {with_ctes} " + re.sub(r"\$(\d+)", lambda m: f"${int(m[1]) + shift}", sql)
+    rows = await conn.fetch(
+        sql,
+        *with_args,
         [p.intent_id for p in plans],
         [p.signal.signal_id for p in plans],
         [client_order_id(p.intent_id) for p in plans],

@@ -17,6 +17,8 @@ from redis.asyncio import Redis
 
 from shared.streams import GROUP_ORCHESTRATOR, StreamNames
 from tests.bench.load import (
+    backend_pids,
+    cpu_seconds,
     entry_signal_id,
     percentiles,
     progress,
@@ -64,10 +66,23 @@ async def group_done(redis: Redis, stream: str, group: str) -> bool:
 
 
 async def throughput(
-    redis: Redis, names: StreamNames, events: int, *, timeout: float = 300
+    redis: Redis,
+    names: StreamNames,
+    events: int,
+    *,
+    orchestrator_pid: int | None = None,
+    database: str | None = None,
+    timeout: float = 300,
 ) -> dict[str, Any]:
-    """Publish `events` signals as fast as possible; time until every one is decided and acknowledged."""
+    """Publish `events` signals as fast as possible; time until every one is decided and acknowledged.
+
+    With the orchestrator's pid and database name, also the CPU each signal cost the
+    orchestrator process and its PostgreSQL backends (robust to other load on the machine).
+    """
     entries = [signal_entry(i, "tp") for i in range(events)]
+    backends = backend_pids(database) if database else []
+    client = [orchestrator_pid] if orchestrator_pid else []
+    cpu_before = (cpu_seconds(client), cpu_seconds(backends))
     ids = [entry_signal_id(e) for e in entries]
     after = await _last_id(redis, names.order_decisions)
     watcher = asyncio.create_task(watch_decisions(redis, names.order_decisions, after, ids, timeout))
@@ -83,6 +98,10 @@ async def throughput(
             )
         await asyncio.sleep(0.005)
     finished = time.time()
+    cpu = {
+        "client": (cpu_seconds(client) - cpu_before[0]) / events * 1e6,
+        "postgres": (cpu_seconds(backends) - cpu_before[1]) / events * 1e6,
+    }
     if len(seen) != events:
         raise RuntimeError(f"only {len(seen)} of {events} signals were decided within {timeout:.0f} s")
     statuses: dict[str, int] = {}
@@ -96,6 +115,7 @@ async def throughput(
         "orchestrator_elapsed_s": round(elapsed, 3),
         "orchestrator_publish_s": round(published_s, 3),
         "orchestrator_statuses": statuses,
+        "orchestrator_cpu_us_per_signal": {k: round(v, 1) for k, v in cpu.items()} if client else None,
     }
 
 

@@ -109,6 +109,9 @@ class Figures:
     verify_verdict: str = ""
     faults_injected: int = 0
     seconds_to_quiet: float | None = None
+    catch_up_s: float | None = None
+    entries_claimed: int = 0
+    dead_consumers_removed: int = 0
     exit_codes: dict[str, int] = field(default_factory=dict)
     tracebacks: int = 0
     problems: list[str] = field(default_factory=list)
@@ -284,10 +287,27 @@ def stop_all(dep: Deployment, figures: Figures) -> None:
         if code != 0:
             figures.problems.append(f"{name} exited {code} on SIGTERM (log {procs[name].log_path})")
     for name, proc in procs.items():
+        claimed, removed = claims(proc.output())
+        figures.entries_claimed += claimed
+        figures.dead_consumers_removed += removed
         found = crashes(proc.output())
         figures.tracebacks += found
         if found:
             figures.problems.append(f"{name} logged {found} error(s) with a traceback (log {proc.log_path})")
+
+
+def claims(output: str) -> tuple[int, int]:
+    """Count entries claimed from idle consumers and dead consumer names removed, from the logs."""
+    claimed = removed = 0
+    for line in output.splitlines():
+        if "claimed idle entries" in line or "removed dead consumer" in line:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("event") == "claimed idle entries":
+                    claimed += int(record.get("entries", 0))
+                elif record.get("event") == "removed dead consumer":
+                    removed += 1
+    return claimed, removed
 
 
 def crashes(output: str) -> int:
@@ -384,6 +404,10 @@ class Chaos:
     injected: int = 0
     poison: list[tuple[str, str]] = field(default_factory=list)  # (stream key, entry id)
     last_start: dict[str, int] = field(default_factory=dict)  # log path: log length at restart
+    readiness: list[str] = field(default_factory=list)  # what /readyz got wrong
+    published: Published = field(default_factory=lambda: Published())
+    database_url: str | None = None
+    catch_up_s: float | None = None
 
 
 async def kill_and_restart(dep: Deployment, servers: ChaosServers, plan: Plan, chaos: Chaos) -> None:
@@ -401,22 +425,66 @@ async def kill_and_restart(dep: Deployment, servers: ChaosServers, plan: Plan, c
         victim.start()
 
 
+async def _readiness(urls: list[str], want: int, seconds: float) -> list[str]:
+    """Poll each /readyz until it answers `want`; return those that did not within seconds."""
+    deadline = time.monotonic() + seconds
+    left = list(urls)
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while left and time.monotonic() < deadline:
+            for url in list(left):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(url)).status_code == want:
+                        left.remove(url)
+            await asyncio.sleep(0.1)
+    return left
+
+
+async def _outage(
+    stop: Callable[[], None], start: Callable[[], Any], seconds: float, urls: list[str], chaos: Chaos
+) -> None:
+    await asyncio.to_thread(stop)
+    chaos.injected += 1
+    began = time.monotonic()
+    for url in await _readiness(urls, 503, seconds):
+        chaos.readiness.append(f"{url} never answered 503 while the server was down")
+    await asyncio.sleep(max(0.0, seconds - (time.monotonic() - began)))
+    await asyncio.to_thread(start)
+    back = time.monotonic()
+    for url in await _readiness(urls, 200, 30.0):
+        chaos.readiness.append(f"{url} not ready again within 30 s of the server's return")
+    chaos.catch_up_s = await _caught_up(chaos, back)
+
+
+async def _caught_up(chaos: Chaos, since: float, timeout: float = 120.0) -> float | None:
+    """Seconds from `since` until every signal accepted by then is decided and announced."""
+    assert chaos.database_url is not None
+    target = len(chaos.published.accepted)
+    while time.monotonic() - since < timeout:
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            conn = await asyncpg.connect(chaos.database_url, timeout=5)
+            try:
+                decided = await conn.fetchval("SELECT count(*) FROM order_intents WHERE status <> 'PENDING'")
+                sent = await conn.fetchval("SELECT count(*) FROM telegram_messages WHERE kind = 'SIGNAL'")
+            finally:
+                await conn.close()
+            if decided >= target and sent >= target:
+                return round(time.monotonic() - since, 2)
+        await asyncio.sleep(0.1)
+    return None
+
+
 async def postgres_outage(dep: Deployment, servers: ChaosServers, plan: Plan, chaos: Chaos) -> None:
     """Stop PostgreSQL a third of the way in for plan.postgres_outage_s, then start it."""
     await asyncio.sleep(plan.publish_seconds / 3)
-    await asyncio.to_thread(servers.postgres.stop)
-    chaos.injected += 1
-    await asyncio.sleep(plan.postgres_outage_s)
-    await asyncio.to_thread(servers.postgres.start)
+    urls = [f"{dep.diagnostics_url}/readyz"]
+    await _outage(servers.postgres.stop, servers.postgres.start, plan.postgres_outage_s, urls, chaos)
 
 
 async def redis_restart(dep: Deployment, servers: ChaosServers, plan: Plan, chaos: Chaos) -> None:
     """Stop Redis a third of the way in (SIGTERM flushes the AOF) and start it from the AOF."""
     await asyncio.sleep(plan.publish_seconds / 3)
-    await asyncio.to_thread(servers.redis.stop)
-    chaos.injected += 1
-    await asyncio.sleep(plan.redis_outage_s)
-    await asyncio.to_thread(servers.redis.start)
+    urls = [f"{dep.diagnostics_url}/readyz", f"{dep.webhook_url}/readyz"]
+    await _outage(servers.redis.stop, servers.redis.start, plan.redis_outage_s, urls, chaos)
 
 
 async def telegram_bursts(dep: Deployment, servers: ChaosServers, plan: Plan, chaos: Chaos) -> None:
@@ -678,8 +746,8 @@ async def run_scenario(name: str, servers: ChaosServers, plan: Plan, work: Path)
     prefix = f"chaos{run_id}:"
     env = scenario_env(servers, database_url, prefix, work / f"{name}-data")
     dep = await deploy(env, work / f"{name}-logs", orchestrators, notifiers)
-    chaos = Chaos()
     pub = Published()
+    chaos = Chaos(published=pub, database_url=database_url)
     names = StreamNames(prefix)
     try:
         fault_task = asyncio.create_task(fault(dep, servers, plan, chaos))
@@ -695,6 +763,8 @@ async def run_scenario(name: str, servers: ChaosServers, plan: Plan, work: Path)
             *(_wait_log(p, "notifier consuming", after=since(p)) for p in dep.notifiers),
         )
         figures.faults_injected = chaos.injected
+        figures.problems.extend(chaos.readiness)
+        figures.catch_up_s = chaos.catch_up_s
         started = time.monotonic()
         redis = create_redis(servers.redis_url)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
@@ -728,6 +798,8 @@ COLUMNS = (
     ("dead_letter_entries", "dead-letter"),
     ("verify_exit", "verify"),
     ("seconds_to_quiet", "quiet s"),
+    ("catch_up_s", "catch-up s"),
+    ("entries_claimed", "claimed"),
     ("faults_injected", "faults"),
 )
 

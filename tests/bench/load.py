@@ -92,6 +92,32 @@ async def publish_at_rate(
     return published
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User+system CPU seconds used so far by these processes (gone ones count 0)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def backend_pids(database: str) -> list[int]:
+    """The PostgreSQL backends serving a database on this machine (their title names it)."""
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if cmdline.startswith("postgres: ") and f" {database} " in cmdline:
+            pids.append(proc.pid)
+    return pids
+
+
 def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
     """p50, p95, p99 and max of samples (nearest-rank), rounded to 0.01 ms."""
     if not samples_ms:

@@ -29,7 +29,15 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from tests.bench.load import as_json, percentiles, progress, publish_at_rate, publish_burst, signal_entry
+from tests.bench.load import (
+    as_json,
+    cpu_seconds,
+    percentiles,
+    progress,
+    publish_at_rate,
+    publish_burst,
+    signal_entry,
+)
 
 GROUP = "raw"
 BATCH = 100
@@ -69,6 +77,8 @@ async def consume(redis_url: str, database_url: str, stream: str, expect: int, d
             await asyncio.sleep(0.01)
         written = 0
         started = time.perf_counter()
+        cpu_started = time.process_time()
+        pg_started = cpu_seconds([await conn.fetchval("SELECT pg_backend_pid()")])
         while written < expect:
             response: Any = await redis.xreadgroup(GROUP, "raw-1", {stream: ">"}, count=BATCH, block=1000)
             if not response:
@@ -87,7 +97,9 @@ async def consume(redis_url: str, database_url: str, stream: str, expect: int, d
             await redis.xack(stream, GROUP, *[entry_id for entry_id, _ in entries])
             written += len(entries)
         elapsed = time.perf_counter() - started
-        return {"events": written, "elapsed_s": elapsed, "per_s": written / elapsed}
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        cpu = {"client": time.process_time() - cpu_started, "postgres": cpu_seconds([backend]) - pg_started}
+        return {"events": written, "elapsed_s": elapsed, "per_s": written / elapsed, "cpu_s": cpu}
     finally:
         await conn.close()
         await redis.aclose()
@@ -180,6 +192,7 @@ async def measure(
         progress(f"raw loop latency at {rate:.0f}/s: {latency}")
         return {
             "raw_baseline_per_s": round(drained["per_s"]),
+            "raw_cpu_us_per_event": {k: round(v / events * 1e6, 1) for k, v in drained["cpu_s"].items()},
             "raw_latency_ms": latency,
             "raw_latency_events": len(latencies),
         }

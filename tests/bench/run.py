@@ -184,7 +184,13 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
         await _wait_decided(redis, names, 1000)
 
         progress(f"orchestrator throughput: {events} signals published at once")
-        tp = await bench_orchestrator.throughput(redis, names, events)
+        tp = await bench_orchestrator.throughput(
+            redis,
+            names,
+            events,
+            orchestrator_pid=procs["orchestrator"].pid,
+            database=database_url.rsplit("/", 1)[-1],
+        )
         result.update(tp)
         result["ratio"] = round(tp["orchestrator_per_s"] / result["raw_baseline_per_s"], 3)
 

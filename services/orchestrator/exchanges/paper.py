@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
+from typing import Any
 
 import asyncpg
 
@@ -145,31 +146,50 @@ async def lock_balances(conn: asyncpg.Connection, assets: Sequence[str]) -> dict
     return {r["asset"]: r["amount"] for r in rows}
 
 
-async def write_fills(
-    conn: asyncpg.Connection, new_orders: Sequence[PaperOrder], held: Mapping[str, Decimal]
-) -> None:
-    """Insert the new orders and set the balances they moved, in one statement."""
+@dataclass(frozen=True)
+class FillWrite:
+    """The writes of a filled batch, as data-modifying CTEs a caller's statement can carry.
+
+    `ctes` holds `name AS (INSERT …)` clauses with parameters numbered from $1; `args`
+    their values. Run alone with write_fills, or prepended to another statement.
+    """
+
+    ctes: str
+    args: list[Any]
+
+
+def fill_write(new_orders: Sequence[PaperOrder], held: Mapping[str, Decimal]) -> FillWrite | None:
+    """Build the statement parts that insert new orders and set the balances they moved."""
     if not new_orders:
-        return
+        return None
     moved = sorted({a for n in new_orders for a in (n.fill.base, n.fill.quote)})
     # A client order id already present raises (unique key): never two fills for one intent.
-    await conn.execute(
-        "WITH orders AS ("
+    return FillWrite(
+        "paper_fills AS ("
         " INSERT INTO paper_orders (id, client_order_id, symbol, side, price, quantity, quote_amount)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[],"
-        " $6::numeric[], $7::numeric[]))"
+        " $6::numeric[], $7::numeric[])),"
+        " paper_moves AS ("
         " INSERT INTO paper_balances (asset, amount) SELECT * FROM unnest($8::text[], $9::numeric[])"
-        " ON CONFLICT (asset) DO UPDATE SET amount = EXCLUDED.amount, updated_at = now()",
-        [n.order_id for n in new_orders],
-        [n.client_order_id for n in new_orders],
-        [n.request.symbol for n in new_orders],
-        [n.request.side for n in new_orders],
-        [n.request.price for n in new_orders],
-        [n.fill.quantity for n in new_orders],
-        [n.fill.quote_amount for n in new_orders],
-        moved,
-        [held[a] for a in moved],
+        " ON CONFLICT (asset) DO UPDATE SET amount = EXCLUDED.amount, updated_at = now())",
+        [
+            [n.order_id for n in new_orders],
+            [n.client_order_id for n in new_orders],
+            [n.request.symbol for n in new_orders],
+            [n.request.side for n in new_orders],
+            [n.request.price for n in new_orders],
+            [n.fill.quantity for n in new_orders],
+            [n.fill.quote_amount for n in new_orders],
+            moved,
+            [held[a] for a in moved],
+        ],
     )
+
+
+async def write_fills(conn: asyncpg.Connection, write: FillWrite | None) -> None:
+    """Run a batch's fill writes on their own (one statement)."""
+    if write is not None:
+        await conn.execute(f"WITH {write.ctes} SELECT 1", *write.args)
 
 
 class PaperExchange:
@@ -218,18 +238,21 @@ class PaperExchange:
             }
             held = await lock_balances(conn, assets_of(orders))
             results, new_orders = fill_batch(orders, held, self.reject, done)
-            await write_fills(conn, new_orders, held)
+            await write_fills(conn, fill_write(new_orders, held))
             return results
 
-    async def place_in(self, conn: asyncpg.Connection, orders: Sequence[OrderRequest]) -> list[OrderResult]:
-        """Fill orders of intents being inserted in the caller's transaction (commit or roll back together).
+    async def fill_in(
+        self, conn: asyncpg.Connection, orders: Sequence[OrderRequest]
+    ) -> tuple[list[OrderResult], FillWrite | None]:
+        """Fill orders of intents the caller's transaction is inserting; return results and writes.
 
-        These intents have never existed, so no order of theirs can: no lookup. Should one
-        exist all the same, its unique client order id aborts the transaction.
+        The balances stay locked until that transaction ends; the caller runs the writes
+        (write_fills, or as CTEs of its own insert), so intents and orders commit or roll
+        back together. These intents never existed, so no order of theirs can: no lookup.
+        Should one exist all the same, its unique client order id aborts the transaction.
         """
         if not orders:
-            return []
+            return [], None
         held = await lock_balances(conn, assets_of(orders))
         results, new_orders = fill_batch(orders, held, self.reject)
-        await write_fills(conn, new_orders, held)
-        return results
+        return results, fill_write(new_orders, held)
