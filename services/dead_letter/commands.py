@@ -28,20 +28,27 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def _connect() -> tuple[Redis, StreamNames]:
-    from services.signal_monitor.app import resolve_redis_url
+    from shared.embedded import read_discovery
     from shared.events import describe_errors
     from shared.redis import create_redis
-    from shared.settings import Settings, SettingsError
+    from shared.settings import Settings
     from shared.streams import StreamNames
 
     try:
         settings = Settings()
     except Exception as exc:
         raise _fail(f"bad configuration: {describe_errors(exc)}", 2) from None
-    try:
-        url = resolve_redis_url(settings)
-    except SettingsError as exc:
-        raise _fail(str(exc), 2) from None
+    url = settings.redis.redis_url
+    if not url:
+        # Beside a running `intentflow up`: its embedded Redis, found through the data dir.
+        found = read_discovery(settings.runtime.intentflow_data_dir)
+        if found is None:
+            raise _fail(
+                "REDIS_URL is not set and no `intentflow up` is running with "
+                f"INTENTFLOW_DATA_DIR={settings.runtime.intentflow_data_dir}",
+                2,
+            )
+        url = found.redis_url
     return create_redis(url), StreamNames(settings.runtime.stream_prefix)
 
 
