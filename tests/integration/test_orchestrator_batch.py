@@ -9,6 +9,8 @@ from decimal import Decimal
 import asyncpg
 from redis.asyncio import Redis
 
+from services.orchestrator.decide import intent_id_for
+from services.orchestrator.exchanges.base import client_order_id
 from services.orchestrator.exchanges.paper import PaperExchange
 from services.orchestrator.handlers import OrderPipeline
 from shared.consumer import Delivery
@@ -125,3 +127,41 @@ async def test_brake_on_blocks_a_batch_without_placing(make_settings, pool, redi
     assert await pool.fetchval("SELECT count(*) FROM paper_orders") == 0
     messages = [e["reason_message"] for e in await events(redis, names.order_decisions)]
     assert all("brake is on" in m and "test@host" in m for m in messages)
+
+
+async def test_a_pending_intent_left_by_a_crash_is_resumed_without_a_second_order(
+    make_settings, pool, redis, names
+) -> None:
+    settings = make_settings().trading
+    pipeline = await _pipeline(pool, redis, names, settings)
+    sig = signal("BTC_USDT", "BUY", "50000")
+    fresh = signal("ETH_USDT", "BUY", "2000")
+    intent_id = intent_id_for(sig.signal_id)
+    # A run that died after its order filled, before it recorded the outcome.
+    await pool.execute(
+        "INSERT INTO order_intents (id, signal_id, idempotency_key, symbol, side, strategy, price, status,"
+        " emitted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'PENDING', $8)",
+        intent_id,
+        sig.signal_id,
+        client_order_id(intent_id),
+        sig.symbol,
+        sig.side.value,
+        sig.strategy,
+        sig.price,
+        sig.emitted_at,
+    )
+    await pool.execute(
+        "INSERT INTO paper_orders (id, client_order_id, symbol, side, price, quantity, quote_amount)"
+        " VALUES ('paper-before-crash', $1, 'BTC_USDT', 'BUY', 50000, 0.002, 100)",
+        client_order_id(intent_id),
+    )
+
+    assert await pipeline.handle(_batch(sig, fresh)) == set()
+
+    row = await pool.fetchrow("SELECT status, exchange_order_id FROM order_intents WHERE id = $1", intent_id)
+    assert (row["status"], row["exchange_order_id"]) == ("ORDER_PLACED", "paper-before-crash")
+    assert await pool.fetchval("SELECT count(*) FROM paper_orders WHERE symbol = 'BTC_USDT'") == 1
+    assert (await _statuses(pool))[fresh.signal_id] == ("ORDER_PLACED", "ORDER_PLACED")
+    assert sorted(e["signal_id"] for e in await events(redis, names.order_decisions)) == sorted(
+        [str(sig.signal_id), str(fresh.signal_id)]
+    )
