@@ -1,5 +1,5 @@
 """`python -m services …` is `intentflow …`."""
 
-from services.cli import main
+from services.entry import main
 
 main()

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aiohttp
 import yarl
@@ -43,6 +43,8 @@ REDACTED = "***"
 _TOKEN_RE = re.compile(r"\d{3,}:[A-Za-z0-9_-]{20,}")
 _TAG_RE = re.compile(r"<[^>]*>")
 _EPSILON = 1e-9
+STOP_GRACE_S = 3.0
+T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -307,8 +309,10 @@ class AiogramSender:
         while True:
             await self.limiter.acquire(chat_id, self.stop)
             try:
-                message = await self._bot.send_message(
-                    chat_id=target, text=text, parse_mode=parse_mode, request_timeout=self._timeout
+                message = await self._unless_stopped(
+                    self._bot.send_message(
+                        chat_id=target, text=text, parse_mode=parse_mode, request_timeout=self._timeout
+                    )
                 )
                 return SendResult(message.message_id, True, None)
             except TelegramRetryAfter as exc:
@@ -351,6 +355,28 @@ class AiogramSender:
                 await pause(delay, self.stop)
             except Exception as exc:
                 raise TelegramError(f"sending to chat {chat_id} failed: {self.describe(exc)}") from None
+
+    async def _unless_stopped(self, call: Awaitable[T]) -> T:
+        """Await a Bot API call; once stop is set, give it STOP_GRACE_S more, then abandon it.
+
+        A hanging request must not hold a SIGTERM past the contract's 10 s. An abandoned
+        message is not recorded, so its entry stays unacknowledged and is sent again later
+        (at-least-once: Telegram may have shown it already).
+        """
+        task = asyncio.ensure_future(call)
+        if self.stop is None:
+            return await task
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await asyncio.wait({task}, timeout=STOP_GRACE_S)
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            raise DeliveryStopped("stopping: a Telegram call was still running; leave it unacknowledged")
+        return task.result()
 
     async def check(self) -> str:
         """Ask getMe; return the bot's username or raise TelegramError saying what to fix."""

@@ -78,12 +78,6 @@ async def test_sigterm_when_idle_exits_0(service, service_env, sandbox, tmp_path
     assert "Traceback" not in proc.output()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SIGTERM before run_service installs its handler (the ~1 s of imports) kills the process "
-    "by the signal (-15, Docker's 143) instead of exit 0: services/__main__.py / services/cli.py "
-    "should set a SIGTERM handler that exits 0 before importing the service",
-)
 @pytest.mark.parametrize("service", ["orchestrator"])
 async def test_sigterm_while_starting_exits_0(service, service_env, sandbox, tmp_path) -> None:
     proc = start(service, full_env(service_env, sandbox.url), tmp_path / "logs")
@@ -138,11 +132,6 @@ async def test_orchestrator_sigterm_mid_batch_acks_only_what_it_committed(
     assert await pool.fetchval("SELECT count(*) FROM paper_orders") == len(sigs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="services/notifier/telegram.py AiogramSender.send awaits bot.send_message (request_timeout 20 s) "
-    "without racing it against stop: a hanging Telegram call holds SIGTERM up to 20 s (contract: 10 s)",
-)
 async def test_notifier_sigterm_while_a_send_hangs_exits_0_and_nothing_is_lost(
     service_env, sandbox, tmp_path, redis: Redis, names: StreamNames, pool: asyncpg.Pool
 ) -> None:
