@@ -259,18 +259,22 @@ async def deploy(env: dict[str, str], log_dir: Path, orchestrators: int, notifie
     def proc(name: str, *args: str) -> Proc:
         return Proc(intentflow(*args), env, log_dir / f"{name}.log").start()
 
-    dep.others["sandbox"] = proc("sandbox", "telegram-sandbox", "--port", str(sandbox_port))
-    dep.others["diagnostics"] = proc("diagnostics", "run", "diagnostics")
-    dep.others["signal-monitor"] = proc("signal-monitor", "run", "signal-monitor")
-    dep.orchestrators = [proc(f"orchestrator-{i}", "run", "orchestrator") for i in range(orchestrators)]
-    dep.notifiers = [proc(f"notifier-{i}", "run", "notifier") for i in range(notifiers)]
-    await _wait_http(f"{dep.sandbox_url}/sandbox/stats", dep.others["sandbox"])
-    await _wait_http(f"{dep.diagnostics_url}/healthz", dep.others["diagnostics"])
-    await _wait_http(f"{dep.webhook_url}/healthz", dep.others["signal-monitor"])
-    await asyncio.gather(
-        *(_wait_log(p, "[BOOT] order_intents table OK") for p in dep.orchestrators),
-        *(_wait_log(p, "notifier consuming") for p in dep.notifiers),
-    )
+    try:
+        dep.others["sandbox"] = proc("sandbox", "telegram-sandbox", "--port", str(sandbox_port))
+        dep.others["diagnostics"] = proc("diagnostics", "run", "diagnostics")
+        dep.others["signal-monitor"] = proc("signal-monitor", "run", "signal-monitor")
+        dep.orchestrators = [proc(f"orchestrator-{i}", "run", "orchestrator") for i in range(orchestrators)]
+        dep.notifiers = [proc(f"notifier-{i}", "run", "notifier") for i in range(notifiers)]
+        await _wait_http(f"{dep.sandbox_url}/sandbox/stats", dep.others["sandbox"])
+        await _wait_http(f"{dep.diagnostics_url}/healthz", dep.others["diagnostics"])
+        await _wait_http(f"{dep.webhook_url}/healthz", dep.others["signal-monitor"])
+        await asyncio.gather(
+            *(_wait_log(p, "[BOOT] order_intents table OK") for p in dep.orchestrators),
+            *(_wait_log(p, "notifier consuming") for p in dep.notifiers),
+        )
+    except BaseException:
+        await asyncio.to_thread(stop_all, dep, Figures(scenario="(failed start)"))
+        raise
     return dep
 
 
