@@ -203,20 +203,27 @@ class Watchdog:
         return notice
 
     async def flush_outbox(self, pool: asyncpg.Pool) -> OperatorNotice | None:
-        """Publish the verdict's notice if no replica has yet; return it when published now."""
-        row = await pool.fetchrow(
-            "SELECT seq, notice FROM watchdog_state WHERE name = $1 AND NOT notice_published AND notice IS NOT NULL",
-            self.state_name,
-        )
-        if row is None:
-            return None
-        notice = OperatorNotice.model_validate(row["notice"])
-        await publish(self.redis, self.names.notices, notice, maxlen=self.maxlen)
-        await pool.execute(
-            "UPDATE watchdog_state SET notice_published = true WHERE name = $1 AND seq = $2",
-            self.state_name,
-            row["seq"],
-        )
+        """Publish the verdict's notice if no replica has yet; return it when published now.
+
+        The row stays locked while publishing, so two replicas never both publish it; a
+        replica that dies after publishing but before committing leaves it to be published
+        again, which the notifier absorbs (it sends each notice_id once).
+        """
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT seq, notice FROM watchdog_state"
+                " WHERE name = $1 AND NOT notice_published AND notice IS NOT NULL FOR UPDATE SKIP LOCKED",
+                self.state_name,
+            )
+            if row is None:
+                return None
+            notice = OperatorNotice.model_validate(row["notice"])
+            await publish(self.redis, self.names.notices, notice, maxlen=self.maxlen)
+            await conn.execute(
+                "UPDATE watchdog_state SET notice_published = true WHERE name = $1 AND seq = $2",
+                self.state_name,
+                row["seq"],
+            )
         log.info("operator notice published", notice_id=str(notice.notice_id), kind=notice.kind.value)
         return notice
 
