@@ -58,7 +58,7 @@ async def burst(
     sandbox_url: str,
     *,
     count: int = 200,
-    timeout: float = 900,
+    timeout: float = 300,
 ) -> dict[str, Any]:
     """Publish `count` signals at once; poll the sandbox until each one's lines have arrived."""
     entries = burst_entries(count)

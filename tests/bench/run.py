@@ -197,6 +197,15 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
         progress(f"orchestrator latency: {rate:.0f} signals/s for {seconds:.0f} s")
         result.update(await bench_orchestrator.latency(redis, names, rate, seconds))
 
+        progress(f"scaling out: a second orchestrator process, {events} signals at once")
+        procs["orchestrator-2"] = Proc(
+            intentflow("run", "orchestrator"), env, work / "orchestrator-2.log"
+        ).start()
+        wait_for_log(procs["orchestrator-2"], "orchestrator consuming", timeout=60)
+        sampler.watch("orchestrator-2", procs["orchestrator-2"].pid)
+        two = await bench_orchestrator.throughput(redis, names, events)
+        result["orchestrator_2_processes_per_s"] = two["orchestrator_per_s"]
+
         progress(f"telegram burst: {burst_count} signals to one group chat, limits enforced")
         procs["telegram-sandbox"] = Proc(
             intentflow("telegram-sandbox", "--port", str(sandbox_port), "--enforce-limits"),
