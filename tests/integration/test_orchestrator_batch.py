@@ -70,6 +70,9 @@ async def test_a_mixed_batch_gets_each_decision_once_and_one_order_per_placed_in
         str(s.signal_id) for s in (first, duplicate, unheld, rejected, broke, other_side)
     )
     assert all(e["decided_at"] and e["reason_code"] for e in decided)
+    entries = await redis.xrange(names.order_decisions, "-", "+")
+    assert {tuple(sorted(fields)) for _, fields in entries} == {("event", "type")}
+    assert {fields["type"] for _, fields in entries} == {"OrderDecided"}
     orders = await pool.fetch("SELECT client_order_id, side, quantity FROM paper_orders")
     assert sorted(o["side"] for o in orders) == ["BUY", "SELL"]
     placed = await pool.fetch(
