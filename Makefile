@@ -53,10 +53,10 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: $(STAMP)
-	$(BIN)/python -m tests.bench.run
+	@$(BIN)/python -m tests.bench.run
 
 chaos: $(STAMP)
-	$(BIN)/python -m tests.bench.chaos
+	@$(BIN)/python -m tests.bench.chaos
 
 migrate: $(STAMP)
 	$(BIN)/intentflow migrate

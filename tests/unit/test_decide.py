@@ -11,7 +11,7 @@ import pytest
 from services.orchestrator.decide import dedup_key, failed, intent_id_for, placed, plan_signals
 from services.orchestrator.exchanges.base import OrderRequest, OrderResult, client_order_id
 from services.orchestrator.exchanges.paper import Fill, fill, split_symbol
-from shared.events import FailureClass, IntentStatus, SignalEmitted, Side
+from shared.events import FailureClass, IntentStatus, Side, SignalEmitted
 from shared.settings import TradingMode
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
