@@ -278,9 +278,15 @@ class StreamConsumer(Generic[E]):
                     await _sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
+                if len(batch) > 1 and stop.is_set():
+                    # Shutting down: release the batch (it stays pending) rather than start over.
+                    self.log.info("stopping with a failed batch unacknowledged", entries=len(batch))
+                    return
                 if len(batch) > 1:
                     self.log.warning("batch failed, retrying its entries one by one", error=repr(exc)[:300])
                     for delivery in batch:
+                        if stop.is_set():
+                            return
                         await self._handle_leased([delivery], stop)
                     return
                 self.log.error(

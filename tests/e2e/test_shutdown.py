@@ -147,9 +147,12 @@ async def test_notifier_sigterm_while_a_send_hangs_exits_0_and_nothing_is_lost(
     await eventually(lambda: _requests(sandbox), until=lambda n: n >= 1, timeout=30, what="a send in hand")
     code = await asyncio.to_thread(sigterm_exit_code, first)
     assert code == 0, first.output()[-3000:]
+    # Released, not finished after the signal: nothing was sent once SIGTERM arrived.
+    assert "telegram message sent" not in first.output(), first.output()[-3000:]
 
     second = start("notifier", env, tmp_path / "logs")
     try:
+        await await_log(second, READY_LOGS["notifier"], timeout=60)
 
         async def announced() -> int:
             return int(

@@ -180,3 +180,30 @@ async def test_a_live_consumer_keeps_its_entries_while_handling_them_longer_than
     assert other.seen[str(sig.signal_id)] == 0
     assert set(slow.deliveries[str(sig.signal_id)]) == {1}
     assert await redis.xlen(names.dead_letter) == 0
+
+
+async def test_a_batch_failing_as_the_consumer_stops_is_released_not_retried_one_by_one(redis, names) -> None:
+    sigs = [signal() for _ in range(3)]
+    for sig in sigs:
+        await xadd(redis, names.signals, sig)
+    stop = asyncio.Event()
+    calls: list[int] = []
+
+    async def fails_on_stop(batch: list[Delivery[SignalEmitted]]) -> None:
+        calls.append(len(batch))
+        stop.set()  # SIGTERM arrives while the batch is in hand, and the batch fails
+        raise ValueError("aborted by the shutdown")
+
+    consumer = StreamConsumer(
+        redis,
+        stream=names.signals,
+        group=GROUP,
+        model=SignalEmitted,
+        handler=fails_on_stop,
+        dead_letter=names.dead_letter,
+        settings=consumer_settings(claim_idle_ms=60_000),
+        name="c1",
+    )
+    await asyncio.wait_for(consumer.run(stop), timeout=15)
+    assert calls == [3]
+    assert await pending(redis, names) == 3
