@@ -140,7 +140,7 @@ async def test_notifier_sigterm_while_a_send_hangs_exits_0_and_nothing_is_lost(
     env = full_env(service_env, sandbox.url)
     first = start("notifier", env, tmp_path / "logs")
     await await_log(first, READY_LOGS["notifier"], timeout=60)
-    sandbox.state.faults.add(Fault(FaultKind.SLOW, count=1, delay=30.0))
+    sandbox.state.faults.add(Fault(FaultKind.SLOW, count=1, delay=15.0))
     sigs = [make_signal() for _ in range(5)]
     for sig in sigs:
         await xadd(redis, names.signals, sig)

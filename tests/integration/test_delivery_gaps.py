@@ -97,7 +97,7 @@ async def test_a_send_abandoned_at_shutdown_raises_delivery_stopped(sandbox) -> 
 
     stop = asyncio.Event()
     sender = AiogramSender(new_token(), api_url=sandbox.url, stop=stop)
-    sandbox.state.faults.add(Fault(FaultKind.SLOW, count=1, delay=30.0))
+    sandbox.state.faults.add(Fault(FaultKind.SLOW, count=1, delay=8.0))
     try:
         sending = asyncio.create_task(sender.send("4242", "hello"))
 
