@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -179,6 +180,7 @@ def own_redis() -> Iterator[EmbeddedRedis]:
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_every_service_exits_0_on_sigterm_while_redis_is_down(
