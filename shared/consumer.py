@@ -245,21 +245,28 @@ class StreamConsumer(Generic[E]):
             await self._handle(valid, stop)
 
     async def _handle(self, batch: list[Delivery[E]], stop: asyncio.Event) -> None:
-        lease = asyncio.create_task(self._keep_lease([d.entry_id for d in batch]))
+        finished = asyncio.Event()
+        lease = asyncio.create_task(self._keep_lease([d.entry_id for d in batch], finished))
         try:
             await self._handle_leased(batch, stop)
         finally:
+            # The event, not only cancel(): a cancel landing inside redis-py's command can be
+            # swallowed there, and the lease loop would then renew (and this await wait) forever.
+            finished.set()
             lease.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lease
 
-    async def _keep_lease(self, ids: list[str]) -> None:
+    async def _keep_lease(self, ids: list[str], finished: asyncio.Event) -> None:
         # While the handler works (or retries an outage in place) the entries must not look idle,
         # or another live consumer claims them: the work would be done twice and every claim
         # would count a delivery towards MAX_DELIVERIES. A dead consumer stops renewing.
         every = max(0.02, self.settings.claim_idle_ms / 3000)
-        while True:
-            await asyncio.sleep(every)
+        while not finished.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), every)
+            if finished.is_set():
+                return
             with contextlib.suppress(Exception):  # Redis away: nobody can claim meanwhile either
                 await self.redis.eval(_RENEW_LEASE, 1, self.stream, self.group, self.name, *ids)
 

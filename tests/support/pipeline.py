@@ -29,7 +29,36 @@ async def running(app: Runnable) -> AsyncIterator[asyncio.Task[None]]:
         yield task
     finally:
         stop.set()
-        await asyncio.wait_for(task, timeout=15)
+        done, _ = await asyncio.wait({task}, timeout=15)
+        if not done:
+            stacks = []
+            for other in asyncio.all_tasks():
+                if other is not asyncio.current_task():
+                    stacks.append(f"{other.get_name()}: {' -> '.join(_await_chain(other.get_coro()))}")
+            task.cancel()
+            raise TimeoutError("the service did not stop within 15 s of stop; tasks:\n" + "\n".join(stacks))
+        task.result()
+
+
+def _await_chain(coro: Any) -> list[str]:
+    """Where a suspended coroutine waits: each frame of its await chain, outermost first."""
+    out = []
+    while coro is not None:
+        frame = (
+            getattr(coro, "cr_frame", None)
+            or getattr(coro, "gi_frame", None)
+            or getattr(coro, "ag_frame", None)
+        )
+        if frame is not None:
+            out.append(
+                f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}:{frame.f_lineno}"
+            )
+        coro = (
+            getattr(coro, "cr_await", None)
+            or getattr(coro, "gi_yieldfrom", None)
+            or getattr(coro, "ag_await", None)
+        )
+    return out
 
 
 def signal(
