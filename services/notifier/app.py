@@ -54,7 +54,7 @@ class NotifierApp:
                     log.info("telegram bot ready", bot=await sender.check(), chat_id=chat_id)
                 except TelegramError as exc:
                     log.warning("telegram not reachable yet; messages wait and retry", error=str(exc))
-            notifier = Notifier(pool=pool, sender=sender, chat_id=chat_id)
+            notifier = Notifier(pool=pool, sender=sender, chat_id=chat_id, stop=stop)
             desk = NoticeDesk(pool=pool, sender=sender, chat_id=chat_id)
             consumers = [
                 self._consumer(redis, names, names.signals, SignalEmitted, notifier.on_signals),

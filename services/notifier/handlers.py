@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ import asyncpg
 
 from services.notifier import messages, records
 from services.notifier.telegram import DeliveryStopped, MessageSender
-from shared.consumer import Delivery, RetryLater
+from shared.consumer import Delivery, RetryLater, is_transient
 from shared.events import IntentStatus, OrderDecided, SignalEmitted
 from shared.logging import get_logger
 
@@ -35,6 +37,7 @@ class Notifier:
     pool: asyncpg.Pool
     sender: MessageSender
     chat_id: str
+    stop: asyncio.Event | None = None
 
     async def on_signals(self, batch: list[Delivery[SignalEmitted]]) -> None:
         """Send the BUY/SELL SIGNAL message of every signal not yet announced."""
@@ -63,6 +66,30 @@ class Notifier:
         ]
         await self.deliver(records.ORDER_FAILED, todo)
 
+    async def _record_sent(self, rows: list[records.MessageRow]) -> None:
+        """Record what Telegram already took; on an outage retry the record alone, never the send."""
+        backoff = 0.1
+        while True:
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await records.record(conn, rows)
+                return
+            except Exception as exc:
+                if not is_transient(exc) or (self.stop is not None and self.stop.is_set()):
+                    raise
+                log.warning(
+                    "recording a sent message failed; retrying the record only",
+                    signal_ids=[str(r.signal_id) for r in rows],
+                    error=type(exc).__name__,
+                    delay_s=backoff,
+                )
+                if self.stop is None:
+                    await asyncio.sleep(backoff)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stop.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+
     async def deliver(self, kind: str, items: Sequence[Outgoing]) -> None:
         """Send items, several to a Telegram message when they queued up, and record each one's row."""
         texts = [item.text for item in items]
@@ -88,8 +115,7 @@ class Notifier:
                 )
                 for item in chunk
             ]
-            async with self.pool.acquire() as conn, conn.transaction():
-                await records.record(conn, rows)
+            await self._record_sent(rows)
             for item in chunk:
                 if result.delivered:
                     log.info(

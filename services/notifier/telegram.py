@@ -353,6 +353,8 @@ class AiogramSender:
                     error=self.describe(exc),
                 )
                 await pause(delay, self.stop)
+            except DeliveryStopped:
+                raise
             except Exception as exc:
                 raise TelegramError(f"sending to chat {chat_id} failed: {self.describe(exc)}") from None
 

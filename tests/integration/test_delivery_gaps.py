@@ -1,4 +1,4 @@
-"""Delivery gaps the chaos suite found in other rooms, pinned as strict xfails until fixed."""
+"""Delivery gaps the chaos suite found: a send is never repeated for a failed record; shutdown releases."""
 
 from __future__ import annotations
 
@@ -45,13 +45,6 @@ class FlakyPool:
         return getattr(self._pool, name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="services/notifier/handlers.py Notifier.deliver sends, then records the row; when "
-    "PostgreSQL fails at the record step the consumer retries the whole handler and the "
-    "message is sent again (seen by the chaos suite's postgres scenario: a line twice at the "
-    "sandbox). Retry only the record after a successful send (or write the row before sending).",
-)
 async def test_postgres_down_between_send_and_record_does_not_send_twice(
     redis, names: StreamNames, pool: asyncpg.Pool
 ) -> None:
@@ -83,13 +76,6 @@ async def test_postgres_down_between_send_and_record_does_not_send_twice(
     assert len(sender.sent) == 1, f"the signal was sent {len(sender.sent)} times"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="services/notifier/telegram.py AiogramSender.send: the final `except Exception` (line ~356) "
-    "wraps the DeliveryStopped raised by _unless_stopped into a plain TelegramError, so "
-    "Notifier.deliver's `except DeliveryStopped` misses it and the consumer counts a failed "
-    "delivery (towards MAX_DELIVERIES) instead of an uncounted release. Re-raise DeliveryStopped.",
-)
 async def test_a_send_abandoned_at_shutdown_raises_delivery_stopped(sandbox) -> None:
     from services.notifier.telegram import AiogramSender, DeliveryStopped
     from services.telegram_sandbox.faults import Fault, FaultKind
