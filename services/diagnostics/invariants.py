@@ -37,6 +37,18 @@ from services.diagnostics.models import (
     Violation,
 )
 from shared.events import TERMINAL_STATUSES
+from shared.invariants_sql import (
+    AGED,
+    DECIDED,
+    FAILED_IN_WINDOW,
+    FAILURE_NOTICE,
+    FAILURE_NOTICE_WINDOW_SECONDS,
+    IN_WINDOW,
+    NOTICE_NEAR_DECISION,
+    SENT_COUNTS,
+    SENT_SIGNAL,
+    TERMINAL,
+)
 
 HOURS_RANGE = (1, 720)
 LIMIT_RANGE = (1, 5000)
@@ -44,29 +56,9 @@ GRACE_RANGE = (0, 3600)
 DEFAULT_HOURS = 168
 DEFAULT_LIMIT = 500
 DEFAULT_GRACE_SECONDS = 60
-FAILURE_NOTICE_WINDOW_SECONDS = 300
-
-# Spelled exactly as the partial indexes of migration 0002, so the planner can use them.
-SENT_SIGNAL = "m.blocked = false AND (m.message LIKE '%BUY SIGNAL%' OR m.message LIKE '%SELL SIGNAL%')"
-FAILURE_NOTICE = "f.blocked = false AND f.message LIKE '%ORDER FAILED%'"
-IN_WINDOW = "m.timestamp >= now() - $1::int * interval '1 hour'"
-AGED = "(m.timestamp < now() - $2::int * interval '1 second')"
-TERMINAL = "coalesce(i.status = ANY($3::text[]), false)"
-DECIDED = "coalesce(i.decided_at, i.updated_at)"
-NOTICE_NEAR_DECISION = f"""
-    EXISTS (SELECT 1 FROM telegram_messages f
-            WHERE f.signal_id = i.signal_id AND {FAILURE_NOTICE}
-              AND f.timestamp BETWEEN {DECIDED} - interval '{FAILURE_NOTICE_WINDOW_SECONDS} seconds'
-                                  AND {DECIDED} + interval '{FAILURE_NOTICE_WINDOW_SECONDS} seconds')"""
 SIDE = """coalesce(i.side, CASE
     WHEN m.message LIKE '%BUY SIGNAL%' AND m.message NOT LIKE '%SELL SIGNAL%' THEN 'BUY'
     WHEN m.message LIKE '%SELL SIGNAL%' AND m.message NOT LIKE '%BUY SIGNAL%' THEN 'SELL' END)"""
-FAILED_IN_WINDOW = f"""
-    i.status = 'ORDER_FAILED'
-    AND {DECIDED} >= now() - $1::int * interval '1 hour'
-    AND {DECIDED} < now() - $2::int * interval '1 second'
-    AND NOT {NOTICE_NEAR_DECISION}"""
-
 # One pass: the window's sent signals joined to their intents once, then counted and
 # listed from that; the violation lists come back as one JSON array.
 CHECK_SQL = f"""
@@ -99,14 +91,7 @@ listed AS (
             nearest_notice_s, NULL
      FROM unannounced ORDER BY at DESC LIMIT $4)
 )
-SELECT count(*) AS total_signals,
-       count(*) FILTER (WHERE status = 'ORDER_PLACED') AS placed,
-       count(*) FILTER (WHERE status = 'ORDER_FAILED') AS failed,
-       count(*) FILTER (WHERE status = 'DEDUP_SKIPPED') AS dedup,
-       count(*) FILTER (WHERE status = 'BLOCKED_LIVE_TRADING') AS blocked,
-       count(*) FILTER (WHERE NOT terminal AND NOT aged) AS in_flight,
-       count(*) FILTER (WHERE NOT terminal AND aged) AS missing_intent,
-       count(*) FILTER (WHERE aged AND (decision_type IS NULL OR reason_code IS NULL)) AS null_decisions,
+SELECT {SENT_COUNTS},
        (SELECT count(*) FROM unannounced) AS failed_without_telegram,
        now() AS generated_at,
        now() - $1::int * interval '1 hour' AS window_start,

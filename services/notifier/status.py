@@ -1,9 +1,8 @@
 """What `/status` answers: the verdict and counts of the last 12 hours, stream lag, the brake.
 
 The counts come from the diagnostics API when DIAGNOSTICS_URL is set (the one definition
-of the invariants), else from the notifier's own query below, which counts the same three
-violations by the same §7 definitions (services never import each other, so it is spelled
-again here, compactly, without the violation lists).
+of the invariants), else from the notifier's own query below, built from the same §7
+fragments as diagnostics' (shared/invariants_sql.py), without the violation lists.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from redis.asyncio import Redis
 from services.notifier.messages import esc
 from shared.brake import BrakeState
 from shared.events import TERMINAL_STATUSES
+from shared.invariants_sql import AGED, FAILED_IN_WINDOW, IN_WINDOW, SENT_COUNTS, SENT_SIGNAL, TERMINAL
 from shared.streams import GROUPS, StreamNames
 
 STATUS_HOURS = 12
@@ -26,33 +26,15 @@ VIOLATIONS = ("missing_intent", "null_decisions", "failed_without_telegram")
 OUTCOMES = ("total_signals", "placed", "failed", "dedup", "blocked", "in_flight")
 HTTP_TIMEOUT_S = 5.0
 
-COUNTS_SQL = """
+COUNTS_SQL = f"""
 WITH sent AS (
-    SELECT m.timestamp < now() - $2::int * interval '1 second' AS aged, m.decision_type,
-           m.reason_code, i.status, coalesce(i.status = ANY($3::text[]), false) AS terminal
+    SELECT {AGED} AS aged, m.decision_type, m.reason_code, i.status, {TERMINAL} AS terminal
     FROM telegram_messages m
     LEFT JOIN order_intents i ON i.signal_id = m.signal_id
-    WHERE m.blocked = false AND (m.message LIKE '%BUY SIGNAL%' OR m.message LIKE '%SELL SIGNAL%')
-      AND m.timestamp >= now() - $1::int * interval '1 hour'
+    WHERE {SENT_SIGNAL} AND {IN_WINDOW}
 )
-SELECT count(*) AS total_signals,
-       count(*) FILTER (WHERE status = 'ORDER_PLACED') AS placed,
-       count(*) FILTER (WHERE status = 'ORDER_FAILED') AS failed,
-       count(*) FILTER (WHERE status = 'DEDUP_SKIPPED') AS dedup,
-       count(*) FILTER (WHERE status = 'BLOCKED_LIVE_TRADING') AS blocked,
-       count(*) FILTER (WHERE NOT terminal AND NOT aged) AS in_flight,
-       count(*) FILTER (WHERE NOT terminal AND aged) AS missing_intent,
-       count(*) FILTER (WHERE aged AND (decision_type IS NULL OR reason_code IS NULL)) AS null_decisions,
-       (SELECT count(*) FROM order_intents i
-        WHERE i.status = 'ORDER_FAILED'
-          AND coalesce(i.decided_at, i.updated_at) >= now() - $1::int * interval '1 hour'
-          AND coalesce(i.decided_at, i.updated_at) < now() - $2::int * interval '1 second'
-          AND NOT EXISTS (
-              SELECT 1 FROM telegram_messages f
-              WHERE f.signal_id = i.signal_id AND f.blocked = false AND f.message LIKE '%ORDER FAILED%'
-                AND f.timestamp BETWEEN coalesce(i.decided_at, i.updated_at) - interval '300 seconds'
-                                    AND coalesce(i.decided_at, i.updated_at) + interval '300 seconds')
-       ) AS failed_without_telegram
+SELECT {SENT_COUNTS},
+       (SELECT count(*) FROM order_intents i WHERE {FAILED_IN_WINDOW}) AS failed_without_telegram
 FROM sent
 """
 
