@@ -20,10 +20,14 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
-from shared.events import DeadLetter, OrderDecided, SignalEmitted
-from shared.streams import EVENT_FIELD, ORDER_DECISIONS, SIGNALS, StreamNames
+from shared.events import DeadLetter, OperatorNotice, OrderDecided, SignalEmitted
+from shared.streams import EVENT_FIELD, NOTICES, ORDER_DECISIONS, SIGNALS, StreamNames
 
-MODELS: dict[str, type[BaseModel]] = {SIGNALS: SignalEmitted, ORDER_DECISIONS: OrderDecided}
+MODELS: dict[str, type[BaseModel]] = {
+    SIGNALS: SignalEmitted,
+    ORDER_DECISIONS: OrderDecided,
+    NOTICES: OperatorNotice,
+}
 
 
 class ReplayRefused(Exception):
