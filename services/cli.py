@@ -164,9 +164,9 @@ def publish(
 async def _publish(settings: Settings, event: Any) -> Any:
     from redis.exceptions import RedisError
 
-    from services.signal_monitor.app import resolve_redis_url
     from services.signal_monitor.gates import PublishUnavailable, SignalGate, load_configured_watchlist
     from shared.redis import create_redis
+    from shared.service import resolve_redis_url
 
     try:
         redis_url = resolve_redis_url(settings)

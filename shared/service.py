@@ -11,27 +11,26 @@ from shared.settings import Settings, SettingsError
 
 def resolve_urls(settings: Settings) -> tuple[str, str]:
     """Return (redis_url, database_url) from settings, else from a running `intentflow up`."""
-    redis_url = settings.redis.redis_url
-    database_url = settings.database.database_url
-    if redis_url and database_url:
-        return redis_url, database_url
+    return resolve_redis_url(settings), _resolve(settings, "DATABASE_URL", settings.database.database_url)
+
+
+def resolve_redis_url(settings: Settings) -> str:
+    """Return REDIS_URL, else the Redis of a running `intentflow up` (for what needs no database)."""
+    return _resolve(settings, "REDIS_URL", settings.redis.redis_url)
+
+
+def _resolve(settings: Settings, variable: str, configured: str | None) -> str:
+    if configured:
+        return configured
     from shared.embedded import read_discovery
 
-    found = read_discovery(settings.runtime.intentflow_data_dir)
-    if found is not None:
-        redis_url = redis_url or found.redis_url
-        database_url = database_url or found.database_url
-    if not redis_url:
+    data_dir = settings.runtime.intentflow_data_dir
+    found = read_discovery(data_dir)
+    if found is None:
         raise SettingsError(
-            "REDIS_URL is not set and no `intentflow up` is running with "
-            f"INTENTFLOW_DATA_DIR={settings.runtime.intentflow_data_dir}"
+            f"{variable} is not set and no `intentflow up` is running with INTENTFLOW_DATA_DIR={data_dir}"
         )
-    if not database_url:
-        raise SettingsError(
-            "DATABASE_URL is not set and no `intentflow up` is running with "
-            f"INTENTFLOW_DATA_DIR={settings.runtime.intentflow_data_dir}"
-        )
-    return redis_url, database_url
+    return found.redis_url if variable == "REDIS_URL" else found.database_url
 
 
 def install_stop_handlers(stop: asyncio.Event) -> None:

@@ -10,27 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import asyncpg
-import uvicorn
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from services.diagnostics.routes import POSTGRES_DOWN, Backends, create_api
 from services.diagnostics.watchdog import Watchdog
 from shared.db import SchemaOutOfDate, create_pool, require_schema, wait_for_pool
+from shared.http import AsgiServer
 from shared.logging import get_logger
 from shared.redis import create_redis
 from shared.service import resolve_urls
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError
 from shared.streams import StreamNames
 
 log = get_logger("intentflow.diagnostics")
 
 FIRST_CONNECT_TIMEOUT_S = 5.0
-GRACEFUL_SHUTDOWN_S = 3
 
 
 def asgi_app(
@@ -45,14 +43,6 @@ def asgi_app(
     if pool is None:
         backends.postgres_error = "no database pool was given"
     return create_api(backends, token=token)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the service's stop event decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 @dataclass
@@ -112,30 +102,21 @@ class DiagnosticsService:
 
     async def _serve(self, app: FastAPI, stop: asyncio.Event) -> None:
         settings = self.settings
-        config = uvicorn.Config(
-            app,
-            host=settings.runtime.bind_host,
-            port=settings.diagnostics.diagnostics_port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        )
-        server = _Server(config)
-        serving = asyncio.create_task(server.serve())
-        stopping = asyncio.create_task(stop.wait())
-        log.info(
-            "diagnostics serving",
-            host=settings.runtime.bind_host,
-            port=settings.diagnostics.diagnostics_port,
-            auth=bool(settings.diagnostics.diagnostics_token),
-        )
-        try:
-            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            server.should_exit = True
-            stopping.cancel()
-            await serving  # re-raises a bind failure (uvicorn exits 1 on it)
+        server = AsgiServer(app, settings.runtime.bind_host, settings.diagnostics.diagnostics_port)
+
+        def listening(port: int | None) -> None:
+            log.info(
+                "diagnostics serving",
+                host=settings.runtime.bind_host,
+                port=port,
+                auth=bool(settings.diagnostics.diagnostics_token),
+            )
+
+        if not await server.serve(stop, on_listening=listening):
+            raise SettingsError(
+                f"diagnostics could not listen on {settings.runtime.bind_host}:"
+                f"{settings.diagnostics.diagnostics_port} (see the error above); set DIAGNOSTICS_PORT to a free port"
+            )
 
 
 async def _first_pool(database_url: str, backends: Backends) -> asyncpg.Pool | None:

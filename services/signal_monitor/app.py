@@ -10,11 +10,8 @@ keeps serving the webhook until stopped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import uvicorn
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
@@ -23,28 +20,13 @@ from services.signal_monitor.feeds import Feed, FeedError, ReplayFeed
 from services.signal_monitor.gates import SignalGate, load_configured_watchlist
 from services.signal_monitor.watchlist import Watchlist
 from services.signal_monitor.webhook import create_webhook_app
+from shared.http import AsgiServer
 from shared.logging import get_logger
 from shared.redis import create_redis
+from shared.service import resolve_redis_url
 from shared.settings import Settings, SettingsError
 
 log = get_logger("intentflow.signal_monitor")
-
-GRACEFUL_SHUTDOWN_S = 3
-
-
-def resolve_redis_url(settings: Settings) -> str:
-    """Return REDIS_URL, else the Redis of a running `intentflow up`; the monitor needs no database."""
-    if settings.redis.redis_url:
-        return settings.redis.redis_url
-    from shared.embedded import read_discovery
-
-    found = read_discovery(settings.runtime.intentflow_data_dir)
-    if found is None:
-        raise SettingsError(
-            "REDIS_URL is not set and no `intentflow up` is running with "
-            f"INTENTFLOW_DATA_DIR={settings.runtime.intentflow_data_dir}"
-        )
-    return found.redis_url
 
 
 def build_feed(settings: Settings, watchlist: Watchlist) -> Feed | None:
@@ -64,14 +46,6 @@ def build_feed(settings: Settings, watchlist: Watchlist) -> Feed | None:
     return feed
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the service's stop event decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @dataclass
 class SignalMonitorService:
     """The signal monitor's parts, opened by run() and closed when it returns."""
@@ -83,15 +57,12 @@ class SignalMonitorService:
     gate: SignalGate | None = field(default=None, init=False)
     engine: Engine | None = field(default=None, init=False)
     app: FastAPI | None = field(default=None, init=False)
-    _server: uvicorn.Server | None = field(default=None, init=False)
+    _server: AsgiServer | None = field(default=None, init=False)
 
     @property
     def port(self) -> int | None:
         """Return the port the webhook listens on once it does (WEBHOOK_PORT=0 picks one)."""
-        server = self._server
-        if server is None or not server.started or not server.servers:
-            return None
-        return int(server.servers[0].sockets[0].getsockname()[1])
+        return self._server.port if self._server is not None else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve the webhook and run the engine until stop is set; close everything after."""
@@ -137,49 +108,22 @@ class SignalMonitorService:
 
     async def _serve(self, app: FastAPI, stop: asyncio.Event) -> None:
         settings = self.settings
-        config = uvicorn.Config(
-            app,
-            host=settings.runtime.bind_host,
-            port=settings.webhook.webhook_port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        )
-        server = self._server = _Server(config)
-        serving = asyncio.create_task(_serve_quietly(server), name="webhook server")
-        stopping = asyncio.create_task(stop.wait())
-        try:
-            # uvicorn offers no event for "listening": look at its flag until it is up or gone.
-            while not (server.started or serving.done() or stop.is_set()):  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            if server.started:
-                log.info(
-                    "webhook serving",
-                    host=settings.runtime.bind_host,
-                    port=self.port,
-                    path="/webhook",
-                    enabled=settings.webhook.webhook_secret is not None,
-                )
-            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            server.should_exit = True
-            stopping.cancel()
-            listened = await serving
-        if not listened:
+        server = self._server = AsgiServer(app, settings.runtime.bind_host, settings.webhook.webhook_port)
+
+        def listening(port: int | None) -> None:
+            log.info(
+                "webhook serving",
+                host=settings.runtime.bind_host,
+                port=port,
+                path="/webhook",
+                enabled=settings.webhook.webhook_secret is not None,
+            )
+
+        if not await server.serve(stop, on_listening=listening):
             raise SettingsError(
                 f"the webhook could not listen on {settings.runtime.bind_host}:{settings.webhook.webhook_port} "
                 "(see the error above); set WEBHOOK_PORT to a free port"
             )
-
-
-async def _serve_quietly(server: uvicorn.Server) -> bool:
-    """Serve until told to exit; False when uvicorn gave up at start (it calls sys.exit)."""
-    try:
-        await server.serve()
-    except SystemExit:
-        return False
-    return True
 
 
 def build_app(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from services.diagnostics.app import build_app
 from services.diagnostics.models import RecentSignalsReport
 from shared.db import SchemaOutOfDate
 from shared.embedded import free_port
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError
 from tests.support import servers
 from tests.support.eventually import eventually, wait_sync
 from tests.support.pipeline import running
@@ -87,6 +88,17 @@ async def test_an_old_schema_stops_the_service_at_start(
     settings_ = make_settings(DIAGNOSTICS_PORT=free_port())
     with pytest.raises(SchemaOutOfDate, match="intentflow migrate"):
         await asyncio.wait_for(build_app(settings_).run(asyncio.Event()), 30)
+
+
+async def test_a_taken_port_stops_the_service_with_an_error_naming_diagnostics_port(
+    make_settings: Callable[..., Settings], pool: asyncpg.Pool
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings_ = make_settings(DIAGNOSTICS_PORT=taken.getsockname()[1])
+        with pytest.raises(SettingsError, match="DIAGNOSTICS_PORT"):
+            await asyncio.wait_for(build_app(settings_).run(asyncio.Event()), 30)
 
 
 @contextmanager
