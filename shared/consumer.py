@@ -44,6 +44,7 @@ from shared.settings import ConsumerSettings
 from shared.streams import EVENT_FIELD, encode_entry
 
 E = TypeVar("E", bound=BaseModel)
+T = TypeVar("T")
 log = get_logger("intentflow.consumer")
 
 
@@ -311,51 +312,37 @@ class StreamConsumer(Generic[E]):
             return
 
     async def _ack(self, ids: list[str], stop: asyncio.Event) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                await self.redis.xack(self.stream, self.group, *ids)
-                return
-            except Exception as exc:
-                if not is_transient(exc) or stop.is_set():
-                    raise
-                self._mark_down(exc)
-                await _sleep_or_stop(stop, backoff)
-                backoff = min(backoff * 2, 5.0)
+        await retry_outages(
+            lambda: self.redis.xack(self.stream, self.group, *ids), stop, on_outage=self._mark_down
+        )
 
     async def send_to_dead_letter(
         self, dead: Sequence[tuple[str, dict[str, str], str, int]], stop: asyncio.Event
     ) -> None:
         """Record each entry in `dead-letter` with its reason, then acknowledge it."""
-        backoff = 0.1
-        while True:
-            try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    for entry_id, fields, reason, count in dead:
-                        letter = DeadLetter(
-                            stream=self.stream,
-                            entry_id=entry_id,
-                            group=self.group,
-                            error=reason[:2000],
-                            deliveries=count,
-                            fields={str(k): str(v)[:65536] for k, v in fields.items()},
-                            signal_id=_signal_id_of(fields),
-                        )
-                        pipe.xadd(
-                            self.dead_letter,
-                            encode_entry(letter),  # type: ignore[arg-type]
-                            maxlen=self.dead_letter_maxlen,
-                            approximate=True,
-                        )
-                    pipe.xack(self.stream, self.group, *[d[0] for d in dead])
-                    await pipe.execute()
-                break
-            except Exception as exc:
-                if not is_transient(exc) or stop.is_set():
-                    raise
-                self._mark_down(exc)
-                await _sleep_or_stop(stop, backoff)
-                backoff = min(backoff * 2, 5.0)
+
+        async def record_and_ack() -> None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for entry_id, fields, reason, count in dead:
+                    letter = DeadLetter(
+                        stream=self.stream,
+                        entry_id=entry_id,
+                        group=self.group,
+                        error=reason[:2000],
+                        deliveries=count,
+                        fields={str(k): str(v)[:65536] for k, v in fields.items()},
+                        signal_id=_signal_id_of(fields),
+                    )
+                    pipe.xadd(
+                        self.dead_letter,
+                        encode_entry(letter),  # type: ignore[arg-type]
+                        maxlen=self.dead_letter_maxlen,
+                        approximate=True,
+                    )
+                pipe.xack(self.stream, self.group, *[d[0] for d in dead])
+                await pipe.execute()
+
+        await retry_outages(record_and_ack, stop, on_outage=self._mark_down)
         self.health.dead_lettered += len(dead)
         for entry_id, fields, reason, count in dead:
             self.log.error(
@@ -430,8 +417,34 @@ return #owned
 """
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+async def _sleep_or_stop(stop: asyncio.Event | None, seconds: float) -> None:
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
     try:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
     except TimeoutError:
         pass
+
+
+async def retry_outages(
+    operation: Callable[[], Awaitable[T]],
+    stop: asyncio.Event | None,
+    *,
+    on_outage: Callable[[BaseException], object] | None = None,
+) -> T:
+    """Run operation, retrying it with capped backoff while Redis or PostgreSQL is unreachable.
+
+    Any other failure, or an outage once stop is set, is raised to the caller.
+    """
+    backoff = 0.1
+    while True:
+        try:
+            return await operation()
+        except Exception as exc:
+            if not is_transient(exc) or (stop is not None and stop.is_set()):
+                raise
+            if on_outage is not None:
+                on_outage(exc)
+            await _sleep_or_stop(stop, backoff)
+            backoff = min(backoff * 2, 5.0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import asyncpg
 
 from services.notifier import messages, records
 from services.notifier.telegram import DeliveryStopped, MessageSender
-from shared.consumer import Delivery, RetryLater, is_transient
+from shared.consumer import Delivery, RetryLater, retry_outages
 from shared.events import IntentStatus, OrderDecided, SignalEmitted
 from shared.logging import get_logger
 
@@ -68,27 +67,19 @@ class Notifier:
 
     async def _record_sent(self, rows: list[records.MessageRow]) -> None:
         """Record what Telegram already took; on an outage retry the record alone, never the send."""
-        backoff = 0.1
-        while True:
-            try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await records.record(conn, rows)
-                return
-            except Exception as exc:
-                if not is_transient(exc) or (self.stop is not None and self.stop.is_set()):
-                    raise
-                log.warning(
-                    "recording a sent message failed; retrying the record only",
-                    signal_ids=[str(r.signal_id) for r in rows],
-                    error=type(exc).__name__,
-                    delay_s=backoff,
-                )
-                if self.stop is None:
-                    await asyncio.sleep(backoff)
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stop.wait(), backoff)
-                backoff = min(backoff * 2, 5.0)
+
+        async def record() -> None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await records.record(conn, rows)
+
+        def outage(exc: BaseException) -> None:
+            log.warning(
+                "recording a sent message failed; retrying the record only",
+                signal_ids=[str(r.signal_id) for r in rows],
+                error=type(exc).__name__,
+            )
+
+        await retry_outages(record, self.stop, on_outage=outage)
 
     async def deliver(self, kind: str, items: Sequence[Outgoing]) -> None:
         """Send items, several to a Telegram message when they queued up, and record each one's row."""
