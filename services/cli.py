@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from shared.settings import Settings, SettingsError
+from shared.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
     name="intentflow",
@@ -55,11 +55,9 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def _settings() -> Settings:
     try:
-        return Settings()
-    except Exception as exc:
-        from shared.events import describe_errors
-
-        raise fail(f"bad configuration: {describe_errors(exc)}") from None
+        return load_settings()
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
 
 
 def _configure_logging(service: str, settings: Settings) -> None:

@@ -174,6 +174,18 @@ class Settings:
         self.watchdog = WatchdogSettings()
 
 
+def load_settings() -> Settings:
+    """Read every settings piece; a bad value raises SettingsError saying which and why."""
+    from pydantic import ValidationError
+
+    from shared.events import describe_errors
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(f"bad configuration: {describe_errors(exc)}") from None
+
+
 def known_variables() -> set[str]:
     """Every environment variable a settings piece reads (compose and .env.example are checked against it)."""
     names: set[str] = set()

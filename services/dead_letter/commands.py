@@ -28,27 +28,16 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def _connect() -> tuple[Redis, StreamNames]:
-    from shared.embedded import read_discovery
-    from shared.events import describe_errors
     from shared.redis import create_redis
-    from shared.settings import Settings
+    from shared.service import resolve_redis_url
+    from shared.settings import SettingsError, load_settings
     from shared.streams import StreamNames
 
     try:
-        settings = Settings()
-    except Exception as exc:
-        raise _fail(f"bad configuration: {describe_errors(exc)}", 2) from None
-    url = settings.redis.redis_url
-    if not url:
-        # Beside a running `intentflow up`: its embedded Redis, found through the data dir.
-        found = read_discovery(settings.runtime.intentflow_data_dir)
-        if found is None:
-            raise _fail(
-                "REDIS_URL is not set and no `intentflow up` is running with "
-                f"INTENTFLOW_DATA_DIR={settings.runtime.intentflow_data_dir}",
-                2,
-            )
-        url = found.redis_url
+        settings = load_settings()
+        url = resolve_redis_url(settings)  # REDIS_URL, else the Redis of a running `intentflow up`
+    except SettingsError as exc:
+        raise _fail(str(exc), 2) from None
     return create_redis(url), StreamNames(settings.runtime.stream_prefix)
 
 

@@ -31,14 +31,12 @@ def brake(
 
     Exit 0 when done (or already in that state), 1 when Redis or PostgreSQL cannot be reached.
     """
-    from shared.settings import Settings
+    from shared.settings import SettingsError, load_settings
 
     try:
-        settings = Settings()
-    except Exception as exc:
-        from shared.events import describe_errors
-
-        typer.secho(f"error: bad configuration: {describe_errors(exc)}", fg=typer.colors.RED, err=True)
+        settings = load_settings()
+    except SettingsError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     raise typer.Exit(asyncio.run(run_brake(settings, action, reason, by)))
 

@@ -27,7 +27,7 @@ from services.up.servers import (
 )
 from services.up.supervisor import Console, Supervisor, install_stop_handlers
 from shared.embedded import EmbeddedServerError
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError, load_settings
 
 
 class UpError(RuntimeError):
@@ -70,11 +70,9 @@ def _ignore_signals() -> None:
 
 def _load_settings() -> Settings:
     try:
-        return Settings()
-    except Exception as exc:
-        from shared.events import describe_errors
-
-        raise UpError(f"bad configuration: {describe_errors(exc)}") from None
+        return load_settings()
+    except SettingsError as exc:
+        raise UpError(str(exc)) from None
 
 
 def _telegram(settings: Settings, host: str, say: Console) -> _Telegram:
