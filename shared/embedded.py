@@ -75,9 +75,6 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-# ---------------------------------------------------------------- Redis
-
-
 def _redis_major(binary: Path) -> int:
     try:
         out = subprocess.run(
@@ -113,7 +110,29 @@ def redis_server_binary(min_major: int = 6) -> Path:
     )
 
 
-class EmbeddedRedis:
+class _Embedded:
+    """A server this process starts and stops; also a context manager (start on enter, stop on exit)."""
+
+    def start(self, timeout: float = 60.0) -> str:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 60.0) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedRedis(_Embedded):
     """A redis-server child process on 127.0.0.1 whose data lives in `data_dir/redis`."""
 
     def __init__(self, data_dir: Path, *, appendonly: bool = True, port: int | None = None) -> None:
@@ -238,20 +257,6 @@ class EmbeddedRedis:
             with contextlib.suppress(psutil.Error):
                 old.wait(30)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-# ---------------------------------------------------------------- PostgreSQL
 
 _POSTGRES_TOOLS = ("initdb", "pg_ctl", "postgres", "psql")
 
@@ -344,7 +349,7 @@ def _chown_tree(root: Path, user: pwd.struct_passwd) -> None:
                 os.lchown(name, user.pw_uid, user.pw_gid)
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(_Embedded):
     """A PostgreSQL cluster in `data_dir/postgres`, served on 127.0.0.1 on a free port."""
 
     def __init__(
@@ -528,21 +533,6 @@ class EmbeddedPostgres:
             extra_groups=[] if user else None,
             env={**os.environ, "LC_ALL": "C", **({"HOME": "/"} if user else {})},
         )  # fmt: skip
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-# ---------------------------------------------------------------- discovery
 
 
 @dataclass(frozen=True)
