@@ -36,7 +36,6 @@ class Source(StrEnum):
     STRATEGY = "strategy"
     WEBHOOK = "webhook"
     MANUAL = "manual"
-    REPAIR = "repair"
 
 
 class IntentStatus(StrEnum):
