@@ -168,3 +168,35 @@ async def test_a_pending_intent_left_by_a_crash_is_resumed_without_a_second_orde
     assert sorted(e["signal_id"] for e in await events(redis, names.order_decisions)) == sorted(
         [str(sig.signal_id), str(fresh.signal_id)]
     )
+
+
+async def test_the_batch_read_probes_indexes_on_a_table_never_analyzed(pool: asyncpg.Pool) -> None:
+    # A fresh deploy: thousands of intents before autovacuum's first ANALYZE. Flattened into
+    # joins, the batch read scanned the whole table twice per batch; fenced, it probes the
+    # signal_id and dedup indexes once per signal and key, whatever the planner believes.
+    from services.orchestrator.intents import BATCH_STATE_SQL
+
+    await pool.execute("ALTER TABLE order_intents SET (autovacuum_enabled = false)")
+    await pool.execute(
+        "INSERT INTO order_intents (id, signal_id, idempotency_key, symbol, side, strategy, source,"
+        " price, status, emitted_at)"
+        " SELECT gen_random_uuid(), gen_random_uuid(), 'k' || g, 'BTC_USDT', 'BUY', 's' || g,"
+        "  'strategy', 50000, 'ORDER_PLACED', now() - g * interval '1 second'"
+        " FROM generate_series(1, 6000) AS g"
+    )
+    ids = [r["signal_id"] for r in await pool.fetch("SELECT signal_id FROM order_intents LIMIT 100")]
+    keys = [("BTC_USDT", "BUY", f"s{g}") for g in range(1, 101)]
+    async with pool.acquire() as conn:
+        plan = await conn.fetch(
+            "EXPLAIN " + BATCH_STATE_SQL,
+            ids,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            await conn.fetchval("SELECT now() - interval '1 hour'"),
+            await conn.fetchval("SELECT now()"),
+            "brake",
+        )
+    text = "\n".join(r[0] for r in plan)
+    assert "Seq Scan on order_intents" not in text, text
+    assert text.count("Index Scan") + text.count("Index Only Scan") >= 2, text
