@@ -151,6 +151,7 @@ class StreamConsumer(Generic[E]):
         name: str | None = None,
         health: ConsumerHealth | None = None,
         dead_letter_maxlen: int | None = None,
+        in_flight: int = 1,
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -162,16 +163,34 @@ class StreamConsumer(Generic[E]):
         self.name = name or consumer_name(group)
         self.health = health or ConsumerHealth()
         self.dead_letter_maxlen = dead_letter_maxlen
+        self.in_flight = max(1, in_flight)
+        self._batches: set[asyncio.Task[None]] = set()
         self._claim_every = max(0.05, min(settings.claim_idle_ms / 2000, 5.0))
         self.log = log.bind(stream=stream, group=group, consumer=self.name)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Read, handle, acknowledge and claim until stop is set; survive outages."""
+        """Read, handle, acknowledge and claim until stop is set; survive outages.
+
+        With in_flight > 1 the next batch is read and handled while earlier ones still wait
+        on their database or Redis round trips (at most in_flight batches at once, as that many
+        consumers would); every batch is still acknowledged only after its handler returned.
+        """
+        try:
+            await self._run(stop)
+        except asyncio.CancelledError:
+            for batch in self._batches:
+                batch.cancel()
+            raise
+        finally:
+            await self._settle_batches(wait_all=True)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         backoff = 0.1
         next_claim = 0.0
         group_ready = False
         while not stop.is_set():
             try:
+                await self._settle_batches(wait_all=False)
                 if not group_ready:
                     await ensure_group(self.redis, self.stream, self.group)
                     group_ready = True
@@ -188,8 +207,10 @@ class StreamConsumer(Generic[E]):
                 self._mark_ok()
                 backoff = 0.1
                 entries = response[0][1] if response else []
-                if entries:
+                if entries and self.in_flight == 1:
                     await self.process(entries, {}, stop)
+                elif entries:
+                    self._batches.add(asyncio.create_task(self.process(entries, {}, stop)))
             except redis_errors.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     self.log.warning("consumer group missing, recreating it")
@@ -204,6 +225,22 @@ class StreamConsumer(Generic[E]):
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
                 group_ready = False
+
+    async def _settle_batches(self, *, wait_all: bool) -> None:
+        """Reap finished batch tasks, raising the first failure; wait while at in_flight (or all)."""
+        while self._batches:
+            finished = {t for t in self._batches if t.done()}
+            if not finished:
+                if not wait_all and len(self._batches) < self.in_flight:
+                    return
+                await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            self._batches -= finished
+            failed = [e for t in finished if not t.cancelled() and (e := t.exception()) is not None]
+            if failed and not wait_all:
+                raise failed[0]
+            for exc in failed:
+                self.log.error("batch failed while stopping", error=repr(exc)[:300])
 
     def _mark_ok(self) -> None:
         self.health.connected = True

@@ -88,6 +88,7 @@ class OrchestratorApp:
                 name=self.name,
                 health=self.health,
                 dead_letter_maxlen=settings.runtime.stream_maxlen,
+                in_flight=settings.consumer.orchestrator_in_flight,
             )
             log.info("orchestrator consuming", stream=names.signals, consumer=self.name)
             try:

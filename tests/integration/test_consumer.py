@@ -207,3 +207,85 @@ async def test_a_batch_failing_as_the_consumer_stops_is_released_not_retried_one
     await asyncio.wait_for(consumer.run(stop), timeout=15)
     assert calls == [3]
     assert await pending(redis, names) == 3
+
+
+class Gate:
+    """A handler that holds each batch until released, recording what is in hand at once."""
+
+    def __init__(self) -> None:
+        self.started: list[list[str]] = []
+        self.release: dict[str, asyncio.Event] = {}
+        self.most_at_once = 0
+        self._in_hand = 0
+
+    async def __call__(self, batch: list[Delivery[SignalEmitted]]) -> None:
+        ids = [str(d.event.signal_id) for d in batch]
+        self.started.append(ids)
+        self._in_hand += 1
+        self.most_at_once = max(self.most_at_once, self._in_hand)
+        try:
+            await self.release.setdefault(ids[0], asyncio.Event()).wait()
+        finally:
+            self._in_hand -= 1
+
+
+def gated_consumer(redis: Redis, names: StreamNames, gate: Gate, in_flight: int) -> Any:
+    consumer = StreamConsumer(
+        redis,
+        stream=names.signals,
+        group=GROUP,
+        model=SignalEmitted,
+        handler=gate,
+        dead_letter=names.dead_letter,
+        settings=consumer_settings().model_copy(update={"batch_size": 1}),
+        name="gated",
+        in_flight=in_flight,
+    )
+
+    class App:
+        async def run(self, stop: asyncio.Event) -> None:
+            await consumer.run(stop)
+
+    return App()
+
+
+async def test_batches_in_flight_are_handled_together_and_each_acked_only_when_done(redis, names) -> None:
+    first, second, third = signal(), signal(), signal()
+    gate = Gate()
+    async with running(gated_consumer(redis, names, gate, in_flight=2)):
+        for sig in (first, second, third):
+            await xadd(redis, names.signals, sig)
+        # Two batches (of one entry each) are in hand at once; the third waits for a free slot.
+        await eventually(lambda: _started(gate), until=lambda s: len(s) == 2)
+        await asyncio.sleep(0.3)
+        assert len(gate.started) == 2 and gate.most_at_once == 2
+        assert await pending(redis, names) == 2
+        # The second finishes first: acknowledged at once, while the first stays pending.
+        gate.release.setdefault(gate.started[1][0], asyncio.Event()).set()
+        await eventually(lambda: pending(redis, names), until=lambda n: n == 2)  # 1st + the 3rd read
+        await eventually(lambda: _started(gate), until=lambda s: len(s) == 3)
+        assert str(first.signal_id) == gate.started[0][0]
+        assert gate.started[2] == [str(third.signal_id)]
+        gate.release.setdefault(gate.started[0][0], asyncio.Event()).set()
+        gate.release.setdefault(gate.started[2][0], asyncio.Event()).set()
+        await eventually(lambda: pending(redis, names), until=lambda n: n == 0)
+    assert gate.most_at_once == 2
+
+
+async def test_one_batch_in_flight_handles_batches_one_after_another(redis, names) -> None:
+    gate = Gate()
+    async with running(gated_consumer(redis, names, gate, in_flight=1)):
+        for _ in range(2):
+            await xadd(redis, names.signals, signal())
+        await eventually(lambda: _started(gate), until=lambda s: len(s) == 1)
+        await asyncio.sleep(0.3)
+        assert len(gate.started) == 1
+        gate.release.setdefault(gate.started[0][0], asyncio.Event()).set()
+        await eventually(lambda: _started(gate), until=lambda s: len(s) == 2)
+        gate.release.setdefault(gate.started[1][0], asyncio.Event()).set()
+        await eventually(lambda: pending(redis, names), until=lambda n: n == 0)
+    assert gate.most_at_once == 1
+
+
+async def _started(gate: Gate) -> list[list[str]]:
+    return list(gate.started)
