@@ -101,7 +101,7 @@ def plan_signals(
     for key, emitted_at in active:
         seen.setdefault(key, []).append(emitted_at)
     plans: list[Plan] = []
-    for signal in sorted(signals, key=lambda s: (s.emitted_at, str(s.signal_id))):
+    for signal in sorted(signals, key=lambda s: (s.emitted_at, s.signal_id)):
         key = dedup_key(signal)
         near = [t for t in seen.get(key, ()) if abs(signal.emitted_at - t) < window]
         decision: Decision | None

@@ -184,7 +184,7 @@ async def insert_plans(
         "  $13::timestamptz[], $14::numeric[], $15::text[], $16::text[])"
         " AS u(id, signal_id, key, symbol, side, strategy, source, price, status, decision_type,"
         "  reason_code, reason_message, emitted_at, quantity, order_id, error)"
-        f"{conflict} RETURNING {_COLUMNS}"
+        f"{conflict} RETURNING signal_id, decided_at"
     )
     if with_ctes:
         shift = len(with_args)
@@ -209,7 +209,27 @@ async def insert_plans(
         [o.exchange_order_id if o else None for o in extra],
         [o.error_message if o else None for o in extra],
     )
-    return [_row(r) for r in rows]
+    # The rows are what was sent; only the ones inserted come back, with the server's time.
+    sent = {p.signal.signal_id: (p, d, o) for p, d, o in zip(plans, decisions, extra, strict=True)}
+    out: list[IntentRow] = []
+    for signal_id, decided_at in rows:
+        p, d, o = sent[signal_id]
+        out.append(
+            IntentRow(
+                p.intent_id,
+                signal_id,
+                p.signal.symbol,
+                p.signal.side.value,
+                p.signal.price,
+                d.status.value if d else IntentStatus.PENDING.value,
+                d.decision_type.value if d else None,
+                d.reason_code.value if d else None,
+                d.reason_message if d else None,
+                o.exchange_order_id if o else None,
+                decided_at,
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True)
