@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# First: aiogram is imported through it, its models built when used (see the module).
+from services.notifier.aiogram_deferred import prepare
+
+# isort: split
 import asyncio
 import html
 import re
@@ -32,6 +36,7 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
+from aiogram.methods import DeleteWebhook, GetMe, GetUpdates, SendMessage
 from aiogram.utils.token import TokenValidationError
 
 from shared.logging import get_logger
@@ -272,6 +277,8 @@ class AiogramSender:
                 "TELEGRAM_BOT_TOKEN is not a bot token: it must look like 123456:ABC-DEF… "
                 "(digits, a colon, then letters)"
             ) from None
+        # Build the models of the four methods used now, not while the first messages wait.
+        self._models = prepare(SendMessage, GetMe, GetUpdates, DeleteWebhook)
         self.limiter = limiter or RateLimiter()
         self.stop = stop
         self._backoff_base = backoff_base
