@@ -12,7 +12,8 @@ import structlog
 
 REDACTED = "***"
 _secrets: set[str] = set()
-_BOT_TOKEN_RE = re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{20,}\b")
+# No \b at either end: a token in a URL (/bot123456:AA…) has a letter just before it.
+_BOT_TOKEN_RE = re.compile(r"\d{5,}:[A-Za-z0-9_-]{20,}")
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
