@@ -20,7 +20,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.embedded import EmbeddedRedis, free_port
-from shared.streams import GROUP_ORCHESTRATOR, StreamNames
+from shared.streams import GROUP_ORCHESTRATOR, StreamNames, encode_entry
 from tests.support.eventually import eventually
 from tests.support.pipeline import signal as make_signal
 from tests.support.pipeline import xadd
@@ -106,8 +106,13 @@ async def test_orchestrator_sigterm_mid_batch_acks_only_what_it_committed(
     sigs = [make_signal() for _ in range(400)]
     first = start("orchestrator", env, tmp_path / "logs")
     await await_log(first, READY_LOGS["orchestrator"], timeout=60)
-    for sig in sigs:
-        await xadd(redis, names.signals, sig)
+    # All at once, so the backlog outlasts the first decision however fast the orchestrator is
+    # (added one by one, it could keep up and be idle when SIGTERM comes).
+    async with redis.pipeline(transaction=False) as pipe:
+        for sig in sigs:
+            fields: Any = encode_entry(sig)
+            pipe.xadd(names.signals, fields)
+        await pipe.execute()
 
     async def decided() -> int:
         return int(await pool.fetchval("SELECT count(*) FROM order_intents WHERE status <> 'PENDING'"))
