@@ -30,9 +30,7 @@ Operator and test endpoints:
   POST   /sandbox/reset    forget everything but the limits
 
 The enforced rule is documented in `limits.py`. The bot token is never printed or logged.
+Start it from code with `services.telegram_sandbox.app.start_sandbox`. This package imports
+nothing itself: every `intentflow` command imports it (for the command's options), and
+aiohttp's server need not load in the other services' processes.
 """
-
-from services.telegram_sandbox.app import RunningSandbox, build_app, serve, start_sandbox
-from services.telegram_sandbox.limits import SandboxLimits
-
-__all__ = ["RunningSandbox", "SandboxLimits", "build_app", "serve", "start_sandbox"]

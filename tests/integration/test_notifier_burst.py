@@ -11,7 +11,7 @@ import pytest
 
 from services.notifier.app import build_app
 from services.notifier.messages import TELEGRAM_LIMIT, tg_len
-from services.telegram_sandbox import RunningSandbox, start_sandbox
+from services.telegram_sandbox.app import RunningSandbox, start_sandbox
 from shared.events import SignalEmitted
 from tests.integration.test_notifier import decided, plant_intent, publish
 from tests.support.eventually import eventually

@@ -22,7 +22,8 @@ from aiogram.exceptions import (
     TelegramServerError,
 )
 
-from services.telegram_sandbox import RunningSandbox, SandboxLimits, start_sandbox
+from services.telegram_sandbox.app import RunningSandbox, start_sandbox
+from services.telegram_sandbox.limits import SandboxLimits
 from tests.support.eventually import eventually
 from tests.support.sandbox import new_token
 

@@ -19,7 +19,8 @@ from services.notifier.telegram import (
     RateLimiter,
     TelegramError,
 )
-from services.telegram_sandbox import RunningSandbox, SandboxLimits, start_sandbox
+from services.telegram_sandbox.app import RunningSandbox, start_sandbox
+from services.telegram_sandbox.limits import SandboxLimits
 from tests.support.eventually import eventually
 from tests.support.sandbox import new_token
 

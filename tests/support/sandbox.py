@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.telegram_sandbox import RunningSandbox, start_sandbox
+from services.telegram_sandbox.app import RunningSandbox, start_sandbox
 
 
 def new_token() -> str:
