@@ -76,6 +76,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a connection to the pool as it is (asyncpg has already ended any transaction).
+
+    No service keeps session state (no SET, LISTEN, cursors or session advisory locks: every
+    lock is transaction-scoped), so asyncpg's default reset, one more round trip of
+    `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` per release, is skipped.
+    """
+
+
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
     """Open an asyncpg pool; JSONB columns map to Python objects."""
     # Custom plans always: asyncpg prepares every statement, and a generic plan chosen while
@@ -87,6 +96,7 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 5) -> asyn
         init=_init_connection,
         command_timeout=30,
         server_settings={"plan_cache_mode": "force_custom_plan"},
+        reset=_keep_session,
     )
     assert pool is not None
     return pool
