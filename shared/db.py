@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,15 @@ async def require_schema(pool: asyncpg.Pool) -> str:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def numeric_texts(values: Iterable[Decimal | None]) -> list[str | None]:
+    """Decimals as text for a `$n::text[]::numeric[]` parameter (exact; NULLs kept).
+
+    asyncpg's binary numeric encoder costs ~3 µs of Python per value; text costs next to
+    nothing and PostgreSQL parses it as exactly the same number.
+    """
+    return [None if v is None else str(v) for v in values]
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

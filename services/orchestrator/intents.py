@@ -14,6 +14,7 @@ import asyncpg
 
 from services.orchestrator.decide import Decision, DedupKey, Plan
 from services.orchestrator.exchanges.base import client_order_id
+from shared.db import numeric_texts
 from shared.events import IntentStatus, OrderDecided
 
 BRAKE_FLAG = "brake"
@@ -180,8 +181,8 @@ async def insert_plans(
         "  u.decision_type, u.reason_code, u.reason_message, u.emitted_at,"
         "  CASE WHEN u.status <> 'PENDING' THEN now() END, u.quantity, u.order_id, u.error"
         " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],"
-        "  $7::text[], $8::numeric[], $9::text[], $10::text[], $11::text[], $12::text[],"
-        "  $13::timestamptz[], $14::numeric[], $15::text[], $16::text[])"
+        "  $7::text[], $8::text[]::numeric[], $9::text[], $10::text[], $11::text[], $12::text[],"
+        "  $13::timestamptz[], $14::text[]::numeric[], $15::text[], $16::text[])"
         " AS u(id, signal_id, key, symbol, side, strategy, source, price, status, decision_type,"
         "  reason_code, reason_message, emitted_at, quantity, order_id, error)"
         f"{conflict} RETURNING signal_id, decided_at"
@@ -199,13 +200,13 @@ async def insert_plans(
         [p.signal.side for p in plans],
         [p.signal.strategy for p in plans],
         [p.signal.source for p in plans],
-        [p.signal.price for p in plans],
+        numeric_texts(p.signal.price for p in plans),
         [x.status if x else IntentStatus.PENDING for x in decisions],
         [x.decision_type if x else None for x in decisions],
         [x.reason_code if x else None for x in decisions],
         [x.reason_message if x else None for x in decisions],
         [p.signal.emitted_at for p in plans],
-        [o.quantity if o else None for o in extra],
+        numeric_texts(o.quantity if o else None for o in extra),
         [o.exchange_order_id if o else None for o in extra],
         [o.error_message if o else None for o in extra],
     )

@@ -36,3 +36,13 @@ async def test_a_transaction_left_open_is_rolled_back_on_release(database_url: s
             assert await conn.fetchval("SELECT count(*) FROM pool_probe") == 0
     finally:
         await own.close()
+
+
+async def test_decimals_sent_as_text_arrive_exactly(pool: asyncpg.Pool) -> None:
+    from decimal import Decimal
+
+    from shared.db import numeric_texts
+
+    values = [Decimal("5E+4"), Decimal("0.000000000000000001"), Decimal("-12.50"), None, Decimal("1e17")]
+    back = await pool.fetchval("SELECT $1::text[]::numeric[]", numeric_texts(values))
+    assert back == values

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from services.orchestrator.exchanges.base import OrderRequest, OrderResult
+from shared.db import numeric_texts
 from shared.events import FailureClass, Side
 
 QUANTITY_STEP = Decimal("0.00000001")
@@ -167,21 +168,21 @@ def fill_write(new_orders: Sequence[PaperOrder], held: Mapping[str, Decimal]) ->
     return FillWrite(
         "paper_fills AS ("
         " INSERT INTO paper_orders (id, client_order_id, symbol, side, price, quantity, quote_amount)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[],"
-        " $6::numeric[], $7::numeric[])),"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+        " $5::text[]::numeric[], $6::text[]::numeric[], $7::text[]::numeric[])),"
         " paper_moves AS ("
-        " INSERT INTO paper_balances (asset, amount) SELECT * FROM unnest($8::text[], $9::numeric[])"
+        " INSERT INTO paper_balances (asset, amount) SELECT * FROM unnest($8::text[], $9::text[]::numeric[])"
         " ON CONFLICT (asset) DO UPDATE SET amount = EXCLUDED.amount, updated_at = now())",
         [
             [n.order_id for n in new_orders],
             [n.client_order_id for n in new_orders],
             [n.request.symbol for n in new_orders],
             [n.request.side for n in new_orders],
-            [n.request.price for n in new_orders],
-            [n.fill.quantity for n in new_orders],
-            [n.fill.quote_amount for n in new_orders],
+            numeric_texts(n.request.price for n in new_orders),
+            numeric_texts(n.fill.quantity for n in new_orders),
+            numeric_texts(n.fill.quote_amount for n in new_orders),
             moved,
-            [held[a] for a in moved],
+            numeric_texts(held[a] for a in moved),
         ],
     )
 
