@@ -171,9 +171,12 @@ class StreamConsumer(Generic[E]):
     async def run(self, stop: asyncio.Event) -> None:
         """Read, handle, acknowledge and claim until stop is set; survive outages.
 
-        With in_flight > 1 the next batch is read and handled while earlier ones still wait
-        on their database or Redis round trips (at most in_flight batches at once, as that many
-        consumers would); every batch is still acknowledged only after its handler returned.
+        With in_flight > 1 and a backlog (a read returned a full batch), the next batch is read
+        and handled while earlier ones still wait on their database or Redis round trips (at
+        most in_flight batches at once, as that many consumers would). Without a backlog a
+        batch is handled before the next read, so a trickle makes fewer, larger batches rather
+        than many one-entry batches queueing behind each other's locks. Every batch is still
+        acknowledged only after its handler returned.
         """
         try:
             await self._run(stop)
@@ -207,9 +210,11 @@ class StreamConsumer(Generic[E]):
                 self._mark_ok()
                 backoff = 0.1
                 entries = response[0][1] if response else []
-                if entries and self.in_flight == 1:
+                if entries and (self.in_flight == 1 or len(entries) < self.settings.batch_size):
+                    # No backlog: handle it now, so what arrives meanwhile makes one larger batch.
                     await self.process(entries, {}, stop)
                 elif entries:
+                    # A full batch: more is waiting, read it while this one waits on its commit.
                     self._batches.add(asyncio.create_task(self.process(entries, {}, stop)))
             except redis_errors.ResponseError as exc:
                 if "NOGROUP" in str(exc):

@@ -229,7 +229,7 @@ class Gate:
             self._in_hand -= 1
 
 
-def gated_consumer(redis: Redis, names: StreamNames, gate: Gate, in_flight: int) -> Any:
+def gated_consumer(redis: Redis, names: StreamNames, gate: Gate, in_flight: int, batch_size: int = 1) -> Any:
     consumer = StreamConsumer(
         redis,
         stream=names.signals,
@@ -237,7 +237,7 @@ def gated_consumer(redis: Redis, names: StreamNames, gate: Gate, in_flight: int)
         model=SignalEmitted,
         handler=gate,
         dead_letter=names.dead_letter,
-        settings=consumer_settings().model_copy(update={"batch_size": 1}),
+        settings=consumer_settings().model_copy(update={"batch_size": batch_size}),
         name="gated",
         in_flight=in_flight,
     )
@@ -289,3 +289,22 @@ async def test_one_batch_in_flight_handles_batches_one_after_another(redis, name
 
 async def _started(gate: Gate) -> list[list[str]]:
     return list(gate.started)
+
+
+async def test_without_a_backlog_a_batch_is_handled_before_the_next_read(redis, names) -> None:
+    # A read that returns less than a full batch means nothing is waiting: handle it first,
+    # so what arrives meanwhile is read as one larger batch, not queued as one-entry batches.
+    gate = Gate()
+    async with running(gated_consumer(redis, names, gate, in_flight=2, batch_size=10)):
+        await xadd(redis, names.signals, signal())
+        await eventually(lambda: _started(gate), until=lambda s: len(s) == 1)
+        later = [signal() for _ in range(3)]
+        for sig in later:
+            await xadd(redis, names.signals, sig)
+        await asyncio.sleep(0.3)
+        assert len(gate.started) == 1
+        gate.release.setdefault(gate.started[0][0], asyncio.Event()).set()
+        await eventually(lambda: _started(gate), until=lambda s: len(s) == 2)
+        assert gate.started[1] == [str(s.signal_id) for s in later]
+        gate.release.setdefault(gate.started[1][0], asyncio.Event()).set()
+        await eventually(lambda: pending(redis, names), until=lambda n: n == 0)
