@@ -12,7 +12,7 @@ from redis.commands.core import AsyncScript
 
 from services.orchestrator import decide, intents
 from services.orchestrator.exchanges.base import Exchange, OrderRequest, OrderResult
-from services.orchestrator.exchanges.paper import FillWrite, PaperExchange
+from services.orchestrator.exchanges.paper import FillWrite, PaperExchange, assets_of_symbols
 from shared.consumer import Delivery, is_transient
 from shared.events import FailureClass, IntentStatus, OrderDecided, Side, SignalEmitted
 from shared.logging import get_logger
@@ -81,6 +81,7 @@ class OrderPipeline:
                 min(s.emitted_at for s in signals),
                 max(s.emitted_at for s in signals),
                 window,
+                assets_of_symbols(s.symbol for s in signals) if paper is not None else (),
             )
             new = [s for s in signals if s.signal_id not in state.recorded]
             if not new:
@@ -92,7 +93,7 @@ class OrderPipeline:
             fills: FillWrite | None = None
             if paper is not None:
                 requests = [self._request(p.intent_id, p.signal) for p in plans if p.decision is None]
-                results, fills = await paper.fill_in(conn, requests)
+                results, fills = paper.fill_in(requests, state.held)
                 outcomes = {
                     req.intent_id: _outcome(req.intent_id, res)
                     for req, res in zip(requests, results, strict=True)

@@ -14,6 +14,7 @@ import asyncpg
 
 from services.orchestrator.decide import Decision, DedupKey, Plan
 from services.orchestrator.exchanges.base import client_order_id
+from services.orchestrator.exchanges.paper import lock_balances_sql
 from shared.db import numeric_texts
 from shared.events import IntentStatus, OrderDecided
 
@@ -81,7 +82,10 @@ async def lock_keys(conn: asyncpg.Connection, keys: Sequence[DedupKey]) -> None:
 # planner still thinks small (a fresh deploy, before autovacuum's first ANALYZE) was read
 # whole twice per batch: ~70 µs of PostgreSQL CPU per signal at 20k rows, growing with it.
 BATCH_STATE_SQL = (
-    "SELECT 'r' AS kind, r.*, NULL::text AS strategy, NULL::timestamptz AS emitted_at,"
+    # Paper mode: the balances the batch may move, locked in the same round trip ($8 is
+    # empty otherwise). After the key locks, as before: keys first, then balances by asset.
+    f"WITH held AS ({lock_balances_sql('$8')})"
+    " SELECT 'r' AS kind, r.*, NULL::text AS strategy, NULL::timestamptz AS emitted_at,"
     "  NULL::bool AS enabled, NULL::text AS changed_by"
     " FROM unnest($1::uuid[]) AS s(id)"
     f" CROSS JOIN LATERAL (SELECT {_COLUMNS} FROM order_intents WHERE signal_id = s.id OFFSET 0) AS r"
@@ -96,6 +100,10 @@ BATCH_STATE_SQL = (
     " SELECT 'b', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, changed_at,"
     "  NULL, NULL, enabled, changed_by"
     " FROM control_flags WHERE name = $7"
+    " UNION ALL"
+    " SELECT 'h', NULL, NULL, asset, NULL, amount, NULL, NULL, NULL, NULL, NULL, NULL,"
+    "  NULL, NULL, NULL, NULL"
+    " FROM held"
 )
 
 
@@ -106,6 +114,7 @@ class BatchState:
     recorded: dict[uuid.UUID, IntentRow]
     active: list[tuple[DedupKey, datetime]]
     brake: str | None
+    held: dict[str, Decimal]
 
 
 async def read_batch_state(
@@ -115,11 +124,14 @@ async def read_batch_state(
     earliest: datetime,
     latest: datetime,
     window_s: float,
+    assets: Sequence[str] = (),
 ) -> BatchState:
-    """Read, in one round trip, the intents of these signals, the active intents of these keys, the brake.
+    """Read, in one round trip, the intents of these signals, the active intents of these keys,
+    the brake, and the paper balances of `assets`, locked until the transaction ends.
 
     Call it after lock_keys in the same transaction: under READ COMMITTED this statement's
-    snapshot then includes every intent a racing orchestrator committed under those locks.
+    snapshot then includes every intent a racing orchestrator committed under those locks
+    (the balances, locked FOR UPDATE, are read as last committed, after any wait).
     """
     pad = timedelta(seconds=window_s)
     rows = await conn.fetch(
@@ -131,19 +143,23 @@ async def read_batch_state(
         earliest - pad,
         latest + pad,
         BRAKE_FLAG,
+        list(assets),
     )
     recorded: dict[uuid.UUID, IntentRow] = {}
     active: list[tuple[DedupKey, datetime]] = []
     brake: str | None = None
+    held: dict[str, Decimal] = {}
     for r in rows:
         kind = r["kind"]
         if kind == "r":
             recorded[r["signal_id"]] = IntentRow(*tuple(r)[1:12])
         elif kind == "a":
             active.append(((r["symbol"], r["side"], r["strategy"]), r["emitted_at"]))
+        elif kind == "h":
+            held[r["symbol"]] = r["price"]
         elif r["enabled"]:
             brake = f"the brake is on (set by {r['changed_by']} at {r['decided_at'].isoformat()})"
-    return BatchState(recorded, active, brake)
+    return BatchState(recorded, active, brake, held)
 
 
 async def insert_plans(

@@ -115,6 +115,27 @@ async def test_racing_pipelines_keep_one_intent_per_signal_and_the_window_exact(
     assert usdt == Decimal("1000000") - 100 * len(strategies)
 
 
+async def test_racing_batches_of_distinct_keys_move_the_balances_exactly(
+    make_settings, pool, redis, names
+) -> None:
+    # No dedup key in common: only the balance locks taken by the batch read order them.
+    settings = make_settings(PAPER_BALANCES="USDT=1000000").trading
+    pipelines = [await _pipeline(pool, redis, names, settings) for _ in range(4)]
+    batches = [
+        _batch(*(signal("BTC_USDT", "BUY", "50000", f"bal:{uuid.uuid4().hex[:8]}") for _ in range(25)))
+        for _ in range(8)
+    ]
+
+    await asyncio.gather(*(pipelines[i % 4].handle(b) for i, b in enumerate(batches)))
+
+    statuses = await _statuses(pool)
+    assert [s for s, _ in statuses.values()].count("ORDER_PLACED") == 200
+    usdt = await pool.fetchval("SELECT amount FROM paper_balances WHERE asset = 'USDT'")
+    btc = await pool.fetchval("SELECT amount FROM paper_balances WHERE asset = 'BTC'")
+    assert usdt == Decimal("1000000") - 100 * 200
+    assert btc == Decimal("0.002") * 200
+
+
 async def test_brake_on_blocks_a_batch_without_placing(make_settings, pool, redis, names) -> None:
     settings = make_settings().trading
     pipeline = await _pipeline(pool, redis, names, settings)
@@ -196,6 +217,7 @@ async def test_the_batch_read_probes_indexes_on_a_table_never_analyzed(pool: asy
             await conn.fetchval("SELECT now() - interval '1 hour'"),
             await conn.fetchval("SELECT now()"),
             "brake",
+            ["BTC", "USDT"],
         )
     text = "\n".join(r[0] for r in plan)
     assert "Seq Scan on order_intents" not in text, text

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
@@ -129,21 +129,39 @@ def fill_batch(
 
 def assets_of(orders: Sequence[OrderRequest]) -> list[str]:
     """The assets a batch may move, sorted (the order balances are locked in)."""
+    return assets_of_symbols(o.symbol for o in orders)
+
+
+def assets_of_symbols(symbols: Iterable[str]) -> list[str]:
+    """The assets orders in these symbols may move, sorted."""
     assets: set[str] = set()
-    for o in orders:
+    for symbol in symbols:
         try:
-            assets.update(split_symbol(o.symbol))
+            assets.update(split_symbol(symbol))
         except ValueError:
             continue
     return sorted(assets)
 
 
-async def lock_balances(conn: asyncpg.Connection, assets: Sequence[str]) -> dict[str, Decimal]:
-    """Lock and return the balances of these assets until the transaction ends."""
-    rows = await conn.fetch(
-        "SELECT asset, amount FROM paper_balances WHERE asset = ANY($1::text[]) ORDER BY asset FOR UPDATE",
-        list(assets),
+def lock_balances_sql(param: str) -> str:
+    """A statement (or CTE body) locking the balances of the assets in text[] `param`, by asset.
+
+    An upsert, not `SELECT … FOR UPDATE`: an asset nobody holds yet gets its row (0) now, so
+    it is locked too. FOR UPDATE locks only rows that exist; two batches buying a new asset
+    both read it as absent and the second's write overwrote the first's (a lost balance).
+    DO UPDATE waits for a racing writer and returns the latest committed amount.
+    """
+    return (
+        "INSERT INTO paper_balances (asset, amount)"
+        f" SELECT a, 0 FROM unnest({param}::text[]) AS a ORDER BY a"
+        " ON CONFLICT (asset) DO UPDATE SET amount = paper_balances.amount"
+        " RETURNING asset, amount"
     )
+
+
+async def lock_balances(conn: asyncpg.Connection, assets: Sequence[str]) -> dict[str, Decimal]:
+    """Lock and return the balances of these assets until the transaction ends (absent ones: 0)."""
+    rows = await conn.fetch(lock_balances_sql("$1"), sorted(set(assets)))
     return {r["asset"]: r["amount"] for r in rows}
 
 
@@ -242,18 +260,19 @@ class PaperExchange:
             await write_fills(conn, fill_write(new_orders, held))
             return results
 
-    async def fill_in(
-        self, conn: asyncpg.Connection, orders: Sequence[OrderRequest]
+    def fill_in(
+        self, orders: Sequence[OrderRequest], held: dict[str, Decimal]
     ) -> tuple[list[OrderResult], FillWrite | None]:
         """Fill orders of intents the caller's transaction is inserting; return results and writes.
 
-        The balances stay locked until that transaction ends; the caller runs the writes
-        (write_fills, or as CTEs of its own insert), so intents and orders commit or roll
-        back together. These intents never existed, so no order of theirs can: no lookup.
-        Should one exist all the same, its unique client order id aborts the transaction.
+        `held`: the balances of every asset these orders may move, which the caller's
+        transaction has locked (`FOR UPDATE`, e.g. in its batch read) and keeps locked until
+        it ends; updated in place. The caller runs the writes (write_fills, or as CTEs of its
+        own insert), so intents and orders commit or roll back together. These intents never
+        existed, so no order of theirs can: no lookup. Should one exist all the same, its
+        unique client order id aborts the transaction.
         """
         if not orders:
             return [], None
-        held = await lock_balances(conn, assets_of(orders))
         results, new_orders = fill_batch(orders, held, self.reject)
         return results, fill_write(new_orders, held)
