@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from shared.consumer import Delivery, RetryLater, StreamConsumer, ensure_group
+from shared.consumer import Delivery, Handler, RetryLater, StreamConsumer, ensure_group
 from shared.events import SignalEmitted
 from shared.settings import ConsumerSettings
 from shared.streams import StreamNames
@@ -21,7 +21,8 @@ GROUP = "testers"
 
 def consumer_settings(**overrides: Any) -> ConsumerSettings:
     values = {"claim_idle_ms": 300, "max_deliveries": 3, "batch_size": 10, "block_ms": 100, **overrides}
-    return ConsumerSettings.model_validate({k.upper(): v for k, v in values.items()} | values)
+    fields = ConsumerSettings.model_fields
+    return ConsumerSettings.model_validate({fields[k].alias or k: v for k, v in values.items()})
 
 
 class Recorder:
@@ -47,7 +48,15 @@ class Recorder:
         self.done.extend(str(d.event.signal_id) for d in batch)
 
 
-def make_consumer(redis: Redis, names: StreamNames, handler: Recorder, name: str, **settings: Any) -> Any:
+def make_consumer(
+    redis: Redis,
+    names: StreamNames,
+    handler: Handler[SignalEmitted],
+    name: str,
+    *,
+    in_flight: int = 1,
+    **settings: Any,
+) -> Any:
     consumer = StreamConsumer(
         redis,
         stream=names.signals,
@@ -57,6 +66,7 @@ def make_consumer(redis: Redis, names: StreamNames, handler: Recorder, name: str
         dead_letter=names.dead_letter,
         settings=consumer_settings(**settings),
         name=name,
+        in_flight=in_flight,
     )
 
     class App:
@@ -230,23 +240,7 @@ class Gate:
 
 
 def gated_consumer(redis: Redis, names: StreamNames, gate: Gate, in_flight: int, batch_size: int = 1) -> Any:
-    consumer = StreamConsumer(
-        redis,
-        stream=names.signals,
-        group=GROUP,
-        model=SignalEmitted,
-        handler=gate,
-        dead_letter=names.dead_letter,
-        settings=consumer_settings().model_copy(update={"batch_size": batch_size}),
-        name="gated",
-        in_flight=in_flight,
-    )
-
-    class App:
-        async def run(self, stop: asyncio.Event) -> None:
-            await consumer.run(stop)
-
-    return App()
+    return make_consumer(redis, names, gate, "gated", in_flight=in_flight, batch_size=batch_size)
 
 
 async def test_batches_in_flight_are_handled_together_and_each_acked_only_when_done(redis, names) -> None:
