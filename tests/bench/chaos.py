@@ -672,31 +672,36 @@ async def count(
     lines = await sandbox_lines(dep.sandbox_url)
     strategies = {pub.accepted[s][1]: s for s in published}
     signal_lines: Counter[str] = Counter()
-    failure_lines = 0
+    failure_lines: Counter[str] = Counter()  # by the short signal id the line shows
     pattern = re.compile(r"chaos\.[a-z]+\.\d{6}")
+    failed_short = {s[:8] for s in failed_ids}  # the short signal id each failure line shows
     for line in lines:
         if "SIGNAL" in line:
             for match in pattern.findall(line):
                 signal_lines[match] += 1
         elif "ORDER FAILED" in line:
-            failure_lines += 1
+            named = [sid for sid in failed_short if sid in line]
+            failure_lines.update(named or ["?"])
     figures.signal_lines_at_sandbox = sum(signal_lines.values())
-    figures.failure_lines_at_sandbox = failure_lines
+    figures.failure_lines_at_sandbox = sum(failure_lines.values())
     missing_lines = [k for k in strategies if signal_lines.get(k, 0) == 0]
-    figures.resent_lines = sum(n - 1 for k, n in signal_lines.items() if n > 1)
+    figures.resent_lines = sum(n - 1 for n in (*signal_lines.values(), *failure_lines.values()) if n > 1)
     if missing_lines:
         problems.append(f"{len(missing_lines)} signals have no line at the sandbox, e.g. {missing_lines[:3]}")
     # Telegram takes no idempotency key: a notifier SIGKILLed after Telegram took a message and
-    # before its row committed sends it again. One such resend per notifier kill is the known
-    # window; a resend without a kill is a bug.
+    # before its row committed sends it again, whether its lines are signals or failures. One
+    # such resend per notifier kill is the known window; a resend without a kill is a bug.
     if figures.resent_lines > chaos.notifier_kills:
         problems.append(
-            f"{figures.resent_lines} signal lines sent more than once at the sandbox "
+            f"{figures.resent_lines} lines sent more than once at the sandbox "
             f"({chaos.notifier_kills} notifier SIGKILLs could explain at most that many)"
         )
-    if failure_lines != len(failed_ids):
+    unannounced = [s for s in failed_ids if failure_lines.get(s[:8], 0) == 0]
+    unknown = set(failure_lines) - failed_short
+    if unannounced or unknown:
         problems.append(
-            f"{failure_lines} ORDER FAILED lines at the sandbox for {len(failed_ids)} failed orders"
+            f"{len(unannounced)} failed orders have no ORDER FAILED line at the sandbox, and "
+            f"{len(unknown)} lines name no failed order ({len(failed_ids)} failed orders)"
         )
 
     letters: Any = await redis.xrange(names.dead_letter)
