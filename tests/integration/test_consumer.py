@@ -56,8 +56,8 @@ def make_consumer(
     *,
     in_flight: int = 1,
     **settings: Any,
-) -> Any:
-    consumer = StreamConsumer(
+) -> StreamConsumer[SignalEmitted]:
+    return StreamConsumer(
         redis,
         stream=names.signals,
         group=GROUP,
@@ -68,12 +68,6 @@ def make_consumer(
         name=name,
         in_flight=in_flight,
     )
-
-    class App:
-        async def run(self, stop: asyncio.Event) -> None:
-            await consumer.run(stop)
-
-    return App()
 
 
 async def pending(redis: Redis, names: StreamNames) -> int:
@@ -204,16 +198,7 @@ async def test_a_batch_failing_as_the_consumer_stops_is_released_not_retried_one
         stop.set()  # SIGTERM arrives while the batch is in hand, and the batch fails
         raise ValueError("aborted by the shutdown")
 
-    consumer = StreamConsumer(
-        redis,
-        stream=names.signals,
-        group=GROUP,
-        model=SignalEmitted,
-        handler=fails_on_stop,
-        dead_letter=names.dead_letter,
-        settings=consumer_settings(claim_idle_ms=60_000),
-        name="c1",
-    )
+    consumer = make_consumer(redis, names, fails_on_stop, "c1", claim_idle_ms=60_000)
     await asyncio.wait_for(consumer.run(stop), timeout=15)
     assert calls == [3]
     assert await pending(redis, names) == 3
@@ -239,7 +224,9 @@ class Gate:
             self._in_hand -= 1
 
 
-def gated_consumer(redis: Redis, names: StreamNames, gate: Gate, in_flight: int, batch_size: int = 1) -> Any:
+def gated_consumer(
+    redis: Redis, names: StreamNames, gate: Gate, in_flight: int, batch_size: int = 1
+) -> StreamConsumer[SignalEmitted]:
     return make_consumer(redis, names, gate, "gated", in_flight=in_flight, batch_size=batch_size)
 
 
