@@ -266,7 +266,7 @@ class PaperExchange:
         """Fill orders of intents the caller's transaction is inserting; return results and writes.
 
         `held`: the balances of every asset these orders may move, which the caller's
-        transaction has locked (`FOR UPDATE`, e.g. in its batch read) and keeps locked until
+        transaction has locked (lock_balances_sql, e.g. in its batch read) and keeps locked until
         it ends; updated in place. The caller runs the writes (write_fills, or as CTEs of its
         own insert), so intents and orders commit or roll back together. These intents never
         existed, so no order of theirs can: no lookup. Should one exist all the same, its
