@@ -9,7 +9,9 @@ product needs all three, so one small loop does them explicitly:
 * decode each into its event model; an entry that fails validation goes to
   `dead-letter` with the reason and is acknowledged at once;
 * hand the valid ones to the handler as one batch; acknowledge them (one XACK)
-  only after the handler returns, i.e. after its effects are committed;
+  only after the handler returns, i.e. after its effects are committed; a handler
+  may hand back events (a Settlement) that are published atomically with that
+  acknowledgement, in one script, only while this consumer still owns the entries;
 * a transient failure (Redis/PostgreSQL unreachable, or the handler raising
   RetryLater) is retried in place with backoff, uncounted; any other failure
   leaves the entry pending, where a claim round (this consumer or another)
@@ -37,6 +39,7 @@ import asyncpg
 from pydantic import BaseModel, ValidationError
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from shared.events import DeadLetter
 from shared.logging import get_logger
@@ -88,8 +91,32 @@ class Delivery(Generic[E]):
     deliveries: int = 1
 
 
-Handler = Callable[[list[Delivery[E]]], Awaitable[Collection[str] | None]]
-"""Handle a batch with its effects committed; return ids to leave pending (retried later), or None."""
+@dataclass(frozen=True)
+class Settlement:
+    """What a handler hands back to have events published in the same atomic step as its ack.
+
+    The entries of the batch not in `keep` are acknowledged and each of `entries` (the fields
+    `encode_entry` makes, in their order) is XADDed to `stream`, in order, with `MAXLEN ~ maxlen`
+    when given, by one script: all of it or none. None of it happens once this consumer no
+    longer owns every one of those entries (an earlier attempt settled them and its reply was
+    lost, or another consumer claimed them), so a retry or a claim never publishes twice.
+    """
+
+    stream: str
+    entries: Sequence[dict[str, str]]
+    keep: Collection[str] = ()
+    maxlen: int | None = None
+
+    def __post_init__(self) -> None:
+        if any(not fields for fields in self.entries):
+            raise ValueError("Settlement: an entry has no fields; pass encode_entry(event) for each event")
+        if self.maxlen is not None and self.maxlen < 0:
+            raise ValueError(f"Settlement: maxlen must be None or >= 0, not {self.maxlen}")
+
+
+Handler = Callable[[list[Delivery[E]]], Awaitable[Collection[str] | Settlement | None]]
+"""Handle a batch with its effects committed; return ids to leave pending (retried later), or None,
+or a Settlement: those ids plus events to publish atomically with the acknowledgement."""
 
 
 @dataclass
@@ -166,6 +193,7 @@ class StreamConsumer(Generic[E]):
         self.in_flight = max(1, in_flight)
         self._batches: set[asyncio.Task[None]] = set()
         self._claim_every = max(0.05, min(settings.claim_idle_ms / 2000, 5.0))
+        self._ack_and_publish_script: AsyncScript = redis.register_script(_ACK_AND_PUBLISH)
         self.log = log.bind(stream=stream, group=group, consumer=self.name)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -347,9 +375,15 @@ class StreamConsumer(Generic[E]):
                     error=repr(exc)[:500],
                 )
                 return
-            done = [d.entry_id for d in batch if not keep or d.entry_id not in keep]
-            if done:
-                await self._ack(done, stop)
+            if isinstance(keep, Settlement):
+                settlement = keep
+                done = [d.entry_id for d in batch if d.entry_id not in settlement.keep]
+                if (done or settlement.entries) and not await self.ack_and_publish(done, settlement, stop):
+                    return
+            else:
+                done = [d.entry_id for d in batch if not keep or d.entry_id not in keep]
+                if done:
+                    await self._ack(done, stop)
             self.health.processed += len(done)
             return
 
@@ -357,6 +391,44 @@ class StreamConsumer(Generic[E]):
         await retry_outages(
             lambda: self.redis.xack(self.stream, self.group, *ids), stop, on_outage=self._mark_down
         )
+
+    async def ack_and_publish(self, ids: Sequence[str], settlement: Settlement, stop: asyncio.Event) -> bool:
+        """Publish the settlement's events and acknowledge ids in one atomic step, if still ours.
+
+        Return False, having done nothing, when this consumer no longer owns every one of ids.
+        """
+        if settlement.entries and not ids:
+            raise ValueError(
+                f"a handler returned {len(settlement.entries)} event(s) to publish but kept every entry "
+                "of its batch: events belong to the entries they decide, so acknowledge those entries "
+                "(leave them out of keep) or publish nothing"
+            )
+        args: list[str | int] = [
+            self.group,
+            self.name,
+            "" if settlement.maxlen is None else settlement.maxlen,
+            len(ids),
+            *ids,
+        ]
+        for fields in settlement.entries:
+            args.append(len(fields))
+            for name, value in fields.items():
+                args += (name, value)
+        not_owned: Any = await retry_outages(
+            lambda: self._ack_and_publish_script(keys=[self.stream, settlement.stream], args=args),
+            stop,
+            on_outage=self._mark_down,
+        )
+        if int(not_owned) > 0:
+            self.log.info(
+                "settle skipped: entries no longer this consumer's (settled by an earlier attempt, "
+                "or claimed by another consumer); nothing published, nothing acknowledged",
+                entries=len(ids),
+                not_owned=int(not_owned),
+                events=len(settlement.entries),
+            )
+            return False
+        return True
 
     async def send_to_dead_letter(
         self, dead: Sequence[tuple[str, dict[str, str], str, int]], stop: asyncio.Event
@@ -456,6 +528,43 @@ if #owned > 0 then
   redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(owned), 'JUSTID')
 end
 return #owned
+"""
+
+
+# Publish events and acknowledge entries at once, only if this consumer still owns every one
+# of them: after a lost reply (already acked) or a claim (another consumer handles them, and
+# publishes) it does nothing, so a retry or a claim never publishes an event twice.
+# KEYS: the consumed stream, the target stream. ARGV: group, consumer, maxlen ('' for none),
+# the number of ids, the ids, then per entry its number of fields and the fields, name, value.
+# Returns how many ids this consumer does not own: 0 means published and acknowledged.
+# A script is not rolled back when a command fails: XACK comes last, so a failed XADD acks nothing.
+_ACK_AND_PUBLISH = """
+local n_ids = tonumber(ARGV[4])
+local ids = {}
+local not_owned = 0
+for i = 5, 4 + n_ids do
+  ids[#ids + 1] = ARGV[i]
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) == 0 then
+    not_owned = not_owned + 1
+  end
+end
+if not_owned > 0 then return not_owned end
+local i = 5 + n_ids
+while i <= #ARGV do
+  local n_fields = tonumber(ARGV[i])
+  local xadd = {'XADD', KEYS[2]}
+  if ARGV[3] ~= '' then
+    xadd[#xadd + 1] = 'MAXLEN'
+    xadd[#xadd + 1] = '~'
+    xadd[#xadd + 1] = ARGV[3]
+  end
+  xadd[#xadd + 1] = '*'
+  for j = i + 1, i + 2 * n_fields do xadd[#xadd + 1] = ARGV[j] end
+  redis.call(unpack(xadd))
+  i = i + 1 + 2 * n_fields
+end
+if n_ids > 0 then redis.call('XACK', KEYS[1], ARGV[1], unpack(ids)) end
+return 0
 """
 
 

@@ -1,20 +1,24 @@
-"""The shared stream consumer on real Redis: ack after success, claim, MAX_DELIVERIES, outages."""
+"""The shared stream consumer on real Redis: ack after success, claim, MAX_DELIVERIES, outages,
+events published atomically with the acknowledgement."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-from shared.consumer import Delivery, Handler, RetryLater, StreamConsumer, ensure_group
+from shared.consumer import Delivery, Handler, RetryLater, Settlement, StreamConsumer, ensure_group
 from shared.events import SignalEmitted
 from shared.settings import ConsumerSettings
-from shared.streams import StreamNames
+from shared.streams import EVENT_FIELD, TYPE_FIELD, StreamNames, encode_entry
 from tests.support.eventually import eventually
-from tests.support.pipeline import events, running, signal, xadd
+from tests.support.pipeline import events, group_drained, running, signal, xadd
 
 GROUP = "testers"
 
@@ -289,3 +293,199 @@ async def test_without_a_backlog_a_batch_is_handled_before_the_next_read(redis, 
         assert gate.started[1] == [str(s.signal_id) for s in later]
         gate.release.setdefault(gate.started[1][0], asyncio.Event()).set()
         await eventually(lambda: pending(redis, names), until=lambda n: n == 0)
+
+
+class Settler:
+    """A handler that decides each entry by publishing events with the acknowledgement.
+
+    Per decided entry: encode_entry(its event), then `extra` entries whose fields are in another
+    order (and one more field), so the test sees each entry's fields kept exactly as given.
+    """
+
+    def __init__(self, stream: str, *, keep: Collection[str] = (), extra: int = 1, maxlen: int | None = None):
+        self.stream = stream
+        self.keep = set(keep)
+        self.extra = extra
+        self.maxlen = maxlen
+        self.published: list[dict[str, str]] = []
+        self.batches = 0
+
+    async def __call__(self, batch: list[Delivery[SignalEmitted]]) -> Settlement:
+        self.batches += 1
+        kept = [d.entry_id for d in batch if str(d.event.signal_id) in self.keep]
+        entries: list[dict[str, str]] = []
+        for d in batch:
+            if d.entry_id in kept:
+                continue
+            entries.append(encode_entry(d.event))
+            for n in range(self.extra):
+                entries.append({EVENT_FIELD: d.entry_id, TYPE_FIELD: "Echo", "n": str(n)})
+        self.published.extend(entries)
+        return Settlement(self.stream, entries, keep=kept, maxlen=self.maxlen)
+
+
+async def published(redis: Redis, stream: str) -> list[list[tuple[str, str]]]:
+    """The fields of every entry of a stream, in stream order and in each entry's field order."""
+    entries: Any = await redis.xrange(stream, "-", "+")
+    return [list(fields.items()) for _, fields in entries]
+
+
+async def owners(redis: Redis, names: StreamNames) -> dict[str, str]:
+    """Map each pending entry id of the signals stream to the consumer that owns it."""
+    rows: Any = await redis.xpending_range(names.signals, GROUP, min="-", max="+", count=100)
+    return {str(r["message_id"]): str(r["consumer"]) for r in rows}
+
+
+async def read_as(redis: Redis, names: StreamNames, consumer: str, sigs: list[SignalEmitted]) -> list[str]:
+    """Append the signals and read them into `consumer`'s pending list; return their entry ids."""
+    await ensure_group(redis, names.signals, GROUP)
+    ids = [await xadd(redis, names.signals, sig) for sig in sigs]
+    taken: Any = await redis.xreadgroup(GROUP, consumer, {names.signals: ">"}, count=100)
+    assert [entry_id for entry_id, _ in taken[0][1]] == ids
+    return ids
+
+
+async def test_a_handler_s_events_are_published_with_the_acknowledgement(redis, names) -> None:
+    target = names.key("settled")
+    sigs = [signal() for _ in range(3)]
+    for sig in sigs:
+        await xadd(redis, names.signals, sig)
+    settler = Settler(target)
+    async with running(make_consumer(redis, names, settler, "c1", claim_idle_ms=60_000)):
+        got = await eventually(lambda: published(redis, target), until=lambda p: len(p) == 6)
+        # One atomic step: once the events are visible the entries are acknowledged too.
+        assert await pending(redis, names) == 0
+    assert got == [list(fields.items()) for fields in settler.published]
+    assert [json.loads(dict(fields)[EVENT_FIELD])["signal_id"] for fields in got[::2]] == [
+        str(s.signal_id) for s in sigs
+    ]
+    assert [name for name, _ in got[1]] == [EVENT_FIELD, TYPE_FIELD, "n"]
+
+
+async def test_kept_entries_stay_pending_while_the_others_are_acked_with_their_events(redis, names) -> None:
+    target = names.key("settled")
+    sigs = [signal() for _ in range(3)]
+    ids = [await xadd(redis, names.signals, sig) for sig in sigs]
+    settler = Settler(target, keep={str(sigs[1].signal_id)})
+    async with running(make_consumer(redis, names, settler, "c1", claim_idle_ms=60_000)):
+        got = await eventually(lambda: published(redis, target), until=lambda p: len(p) == 4)
+        assert await owners(redis, names) == {ids[1]: "c1"}
+    decided = [json.loads(dict(fields)[EVENT_FIELD])["signal_id"] for fields in got[::2]]
+    assert decided == [str(sigs[0].signal_id), str(sigs[2].signal_id)]
+    assert got == [list(fields.items()) for fields in settler.published]
+
+
+async def test_a_plain_collection_of_ids_is_still_kept_pending(redis, names) -> None:
+    await ensure_group(redis, names.signals, GROUP)
+    sigs = [signal() for _ in range(3)]
+    ids = [await xadd(redis, names.signals, sig) for sig in sigs]
+
+    async def keep_the_first(batch: list[Delivery[SignalEmitted]]) -> list[str]:
+        return [batch[0].entry_id]
+
+    async with running(make_consumer(redis, names, keep_the_first, "c1", claim_idle_ms=60_000)):
+        await eventually(lambda: owners(redis, names), until=lambda o: o == {ids[0]: "c1"})
+
+
+async def test_settling_again_after_a_lost_reply_publishes_nothing_more(redis, names) -> None:
+    target = names.key("settled")
+    sigs = [signal() for _ in range(2)]
+    ids = await read_as(redis, names, "c1", sigs)
+    consumer = make_consumer(redis, names, Recorder(), "c1")
+    settlement = Settlement(target, [encode_entry(s) for s in sigs])
+    stop = asyncio.Event()
+    assert await consumer.ack_and_publish(ids, settlement, stop) is True
+    # The reply was lost (an outage): retry_outages sends the same script again.
+    assert await consumer.ack_and_publish(ids, settlement, stop) is False
+    assert await published(redis, target) == [list(encode_entry(s).items()) for s in sigs]
+    assert await pending(redis, names) == 0
+
+
+@pytest.mark.parametrize("claimed", ["all", "last"])
+async def test_entries_claimed_by_another_consumer_are_neither_published_nor_acked(
+    redis, names, claimed
+) -> None:
+    target = names.key("settled")
+    sigs = [signal() for _ in range(3)]
+    ids = await read_as(redis, names, "c1", sigs)
+    taken = ids if claimed == "all" else ids[-1:]
+    await redis.xclaim(names.signals, GROUP, "thief", min_idle_time=0, message_ids=taken)
+    consumer = make_consumer(redis, names, Recorder(), "c1")
+    settlement = Settlement(target, [encode_entry(s) for s in sigs], maxlen=100)
+    assert await consumer.ack_and_publish(ids, settlement, asyncio.Event()) is False
+    assert await redis.exists(target) == 0
+    assert await owners(redis, names) == {i: "thief" if i in taken else "c1" for i in ids}
+
+
+async def test_a_batch_claimed_while_in_hand_is_not_settled_by_its_old_owner(redis, names) -> None:
+    # The handler was paused past CLAIM_IDLE_MS (a GC stop, a frozen VM): another consumer
+    # claimed the batch and will handle and publish it; the old owner must publish nothing.
+    target = names.key("settled")
+    sigs = [signal() for _ in range(2)]
+    ids = [await xadd(redis, names.signals, sig) for sig in sigs]
+    settler = Settler(target)
+
+    async def claimed_meanwhile(batch: list[Delivery[SignalEmitted]]) -> Settlement:
+        await redis.xclaim(names.signals, GROUP, "thief", min_idle_time=0, message_ids=ids)
+        return await settler(batch)
+
+    consumer = make_consumer(redis, names, claimed_meanwhile, "c1", claim_idle_ms=60_000)
+    async with running(consumer):
+        await eventually(lambda: _batches(settler), until=lambda n: n == 1)
+    assert await redis.exists(target) == 0
+    assert await owners(redis, names) == {i: "thief" for i in ids}
+    assert consumer.health.processed == 0
+
+
+async def _batches(settler: Settler) -> int:
+    return settler.batches
+
+
+async def test_maxlen_trims_the_target_stream_approximately(redis, names) -> None:
+    target = names.key("settled")
+    maxlen = 10
+    sigs = [signal() for _ in range(40)]
+    for sig in sigs:
+        await xadd(redis, names.signals, sig)
+    settler = Settler(target, extra=9, maxlen=maxlen)
+    async with running(make_consumer(redis, names, settler, "c1", batch_size=4)):
+        await eventually(lambda: group_drained(redis, names.signals, GROUP), what="every signal settled")
+    assert settler.batches >= 10
+    info: Any = await redis.xinfo_stream(target)
+    assert info["entries-added"] == 400
+    # `~` trims whole macro nodes only: never below maxlen, at most one node's worth above it.
+    node: Any = await redis.config_get("stream-node-max-entries")
+    assert maxlen <= await redis.xlen(target) <= maxlen + int(node["stream-node-max-entries"])
+
+
+async def test_events_with_every_entry_kept_are_a_programming_error(redis, names) -> None:
+    target = names.key("settled")
+    sigs = [signal() for _ in range(2)]
+    for sig in sigs:
+        await xadd(redis, names.signals, sig)
+
+    async def keeps_all(batch: list[Delivery[SignalEmitted]]) -> Settlement:
+        # Decides nothing (keeps every entry), yet hands back events anyway.
+        return Settlement(target, [encode_entry(d.event) for d in batch], keep=[d.entry_id for d in batch])
+
+    consumer = make_consumer(redis, names, keeps_all, "c1", claim_idle_ms=60_000)
+    with pytest.raises(ValueError, match="kept every entry"):
+        await asyncio.wait_for(consumer.run(asyncio.Event()), timeout=15)
+    assert await redis.exists(target) == 0
+    assert await pending(redis, names) == 2
+    with pytest.raises(ValueError, match="no fields"):
+        Settlement(target, [{}])
+
+
+async def test_a_publish_that_fails_acknowledges_nothing(redis, names) -> None:
+    # A Lua script is not rolled back when a command fails: the XACK must come after the XADDs.
+    target = names.key("not-a-stream")
+    await redis.set(target, "x")
+    sigs = [signal() for _ in range(2)]
+    ids = await read_as(redis, names, "c1", sigs)
+    consumer = make_consumer(redis, names, Recorder(), "c1")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await consumer.ack_and_publish(
+            ids, Settlement(target, [encode_entry(s) for s in sigs]), asyncio.Event()
+        )
+    assert await owners(redis, names) == {i: "c1" for i in ids}
