@@ -295,11 +295,16 @@ async def test_without_a_backlog_a_batch_is_handled_before_the_next_read(redis, 
         await eventually(lambda: pending(redis, names), until=lambda n: n == 0)
 
 
+# Travels through the settle script's JSON arguments: must come out byte for byte.
+TRICKY = 'é "quoted" \\ back\nslash\t\u2028 🚀 [1, {"a": null}] \x00 end'
+
+
 class Settler:
     """A handler that decides each entry by publishing events with the acknowledgement.
 
     Per decided entry: encode_entry(its event), then `extra` entries whose fields are in another
-    order (and one more field), so the test sees each entry's fields kept exactly as given.
+    order (and more fields, one of quotes, escapes and non-ASCII), so the test sees each entry's
+    fields kept exactly as given.
     """
 
     def __init__(self, stream: str, *, keep: Collection[str] = (), extra: int = 1, maxlen: int | None = None):
@@ -319,7 +324,7 @@ class Settler:
                 continue
             entries.append(encode_entry(d.event))
             for n in range(self.extra):
-                entries.append({EVENT_FIELD: d.entry_id, TYPE_FIELD: "Echo", "n": str(n)})
+                entries.append({EVENT_FIELD: d.entry_id, TYPE_FIELD: "Echo", "n": str(n), "text": TRICKY})
         self.published.extend(entries)
         return Settlement(self.stream, entries, keep=kept, maxlen=self.maxlen)
 
@@ -359,7 +364,7 @@ async def test_a_handler_s_events_are_published_with_the_acknowledgement(redis, 
     assert [json.loads(dict(fields)[EVENT_FIELD])["signal_id"] for fields in got[::2]] == [
         str(s.signal_id) for s in sigs
     ]
-    assert [name for name, _ in got[1]] == [EVENT_FIELD, TYPE_FIELD, "n"]
+    assert got[1] == [(EVENT_FIELD, got[1][0][1]), (TYPE_FIELD, "Echo"), ("n", "0"), ("text", TRICKY)]
 
 
 async def test_kept_entries_stay_pending_while_the_others_are_acked_with_their_events(redis, names) -> None:
