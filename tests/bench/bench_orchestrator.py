@@ -1,16 +1,26 @@
-"""Measure a running orchestrator process: throughput over a burst, latency at a steady rate.
+"""Measure running orchestrator processes: throughput over a backlog or a burst, latency at a rate.
 
-Both observe only Redis: the signals go into `signals`; a signal counts as decided when
+All observe only Redis: the signals go into `signals`; a signal counts as decided when
 its `OrderDecided` event arrives on `order-decisions` (published after the decision is
 committed) and, for throughput, when the orchestrator group has acknowledged every entry.
+
+Throughput is measured two ways:
+- drain (`orchestrator_per_s`, the one `ratio` uses): the orchestrator processes are
+  stopped (SIGSTOP) while the signals are published, then let go (SIGCONT); the clock
+  runs from then until every entry is acknowledged. That is how the raw loop is measured
+  (a backlog, drained with nothing else running), so the two figures compare like for like;
+- live (`orchestrator_live_per_s`): the signals are published while the orchestrator
+  consumes and a watcher reads the decisions, all on the same cores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -110,12 +120,81 @@ async def throughput(
     elapsed = finished - started
     progress(f"orchestrator decided {events} signals in {elapsed:.2f} s ({events / elapsed:.0f}/s)")
     return {
-        "orchestrator_per_s": round(events / elapsed),
-        "orchestrator_events": events,
-        "orchestrator_elapsed_s": round(elapsed, 3),
-        "orchestrator_publish_s": round(published_s, 3),
-        "orchestrator_statuses": statuses,
-        "orchestrator_cpu_us_per_signal": {k: round(v, 1) for k, v in cpu.items()} if client else None,
+        "per_s": round(events / elapsed),
+        "events": events,
+        "elapsed_s": round(elapsed, 3),
+        "publish_s": round(published_s, 3),
+        "statuses": statuses,
+        "cpu_us_per_signal": {k: round(v, 1) for k, v in cpu.items()} if client else None,
+    }
+
+
+async def read_decisions(redis: Redis, stream: str, after: str, expected: Collection[str]) -> dict[str, str]:
+    """Read every OrderDecided event after `after`; return {signal_id: status} of the expected ones."""
+    want = set(expected)
+    statuses: dict[str, str] = {}
+    cursor = after
+    while True:
+        entries: Any = await redis.xrange(stream, f"({cursor}", "+", count=5000)
+        if not entries:
+            return statuses
+        for entry_id, fields in entries:
+            cursor = entry_id
+            event = json.loads(fields["event"])
+            if event["signal_id"] in want:
+                statuses[event["signal_id"]] = event["status"]
+
+
+async def drain(
+    redis: Redis,
+    names: StreamNames,
+    events: int,
+    *,
+    pids: Sequence[int],
+    database: str | None = None,
+    timeout: float = 300,
+) -> dict[str, Any]:
+    """Publish `events` signals while the orchestrator processes `pids` are stopped; let them go and
+    time until every entry is acknowledged (polled every 2 ms; nothing else runs meanwhile).
+
+    CPU per signal: the orchestrator processes and the database's PostgreSQL backends.
+    """
+    entries = [signal_entry(i, f"drain{int(time.time())}") for i in range(events)]
+    ids = [entry_signal_id(e) for e in entries]
+    after = await _last_id(redis, names.order_decisions)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        await publish_burst(redis, names.signals, entries)
+        backends = backend_pids(database) if database else []
+        cpu_before = (cpu_seconds(pids), cpu_seconds(backends))
+        started = time.time()
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + timeout
+    while not await group_done(redis, names.signals, GROUP_ORCHESTRATOR):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the orchestrator did not drain {events} signals within {timeout:.0f} s")
+        await asyncio.sleep(0.002)
+    elapsed = time.time() - started
+    cpu = {
+        "client": (cpu_seconds(pids) - cpu_before[0]) / events * 1e6,
+        "postgres": (cpu_seconds(backends) - cpu_before[1]) / events * 1e6,
+    }
+    seen = await read_decisions(redis, names.order_decisions, after, ids)
+    if len(seen) != events:
+        raise RuntimeError(f"only {len(seen)} of {events} drained signals have an OrderDecided event")
+    statuses: dict[str, int] = {}
+    for status in seen.values():
+        statuses[status] = statuses.get(status, 0) + 1
+    progress(f"orchestrator drained {events} signals in {elapsed:.2f} s ({events / elapsed:.0f}/s)")
+    return {
+        "per_s": round(events / elapsed),
+        "events": events,
+        "elapsed_s": round(elapsed, 3),
+        "statuses": statuses,
+        "cpu_us_per_signal": {k: round(v, 1) for k, v in cpu.items()},
     }
 
 
