@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable
-from decimal import Decimal
+import uuid
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -78,13 +79,22 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-def numeric_texts(values: Iterable[Decimal | None]) -> list[str | None]:
-    """Decimals as text for a `$n::text[]::numeric[]` parameter (exact; NULLs kept).
+def json_rows(rows: Iterable[Sequence[Any]]) -> str:
+    """Rows as one JSON text for a `jsonb_array_elements($n::text::jsonb)` parameter.
 
-    asyncpg's binary numeric encoder costs ~3 µs of Python per value; text costs next to
-    nothing and PostgreSQL parses it as exactly the same number.
+    A batch statement reads row i's column k as `(r->>k)::type`. orjson writes a row of
+    uuids, strings, datetimes (ISO 8601) and None in about 1 µs; asyncpg's array encoders,
+    one parameter per column, cost ~4.5 µs a row for the intent insert (each element is
+    type-checked in Python). Give Decimals as str(d), so they stay exact.
     """
-    return [None if v is None else str(v) for v in values]
+    return orjson.dumps(list(rows), default=json_default).decode()
+
+
+def json_default(value: Any) -> str:
+    """What orjson cannot write itself: uuid.UUID subclasses (asyncpg returns its own) as text."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable here")
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

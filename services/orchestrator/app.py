@@ -71,7 +71,6 @@ class OrchestratorApp:
                 await exchange.start()
             pipeline = OrderPipeline(
                 pool=pool,
-                redis=redis,
                 exchange=exchange,
                 trading=settings.trading,
                 decisions_stream=names.order_decisions,

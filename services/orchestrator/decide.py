@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from shared.events import DecisionType, FailureClass, IntentStatus, ReasonCode, SignalEmitted
 from shared.settings import TradingMode
@@ -16,8 +17,20 @@ DedupKey = tuple[str, str, str]
 
 
 def intent_id_for(signal_id: uuid.UUID) -> uuid.UUID:
-    """Derive the intent id from the signal id, so every retry names the same intent."""
-    return uuid.uuid5(INTENT_NAMESPACE, str(signal_id))
+    """Derive the intent id from the signal id, so every retry names the same intent.
+
+    uuid5(INTENT_NAMESPACE, str(signal_id)), computed as uuid.uuid5 does it, minus its
+    argument handling: a third of its cost, on every signal.
+    """
+    digest = hashlib.sha1(_NAMESPACE_BYTES + str(signal_id).encode(), usedforsecurity=False).digest()
+    value = int.from_bytes(digest[:16])
+    return uuid.UUID(int=(value & _UUID5_CLEAR) | _UUID5_SET)
+
+
+_NAMESPACE_BYTES = INTENT_NAMESPACE.bytes
+# Version 5 in bits 76-79, the RFC 4122 variant (10) in bits 62-63.
+_UUID5_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID5_SET = (0x5 << 76) | (0x2 << 62)
 
 
 def dedup_key(signal: SignalEmitted) -> DedupKey:
@@ -25,8 +38,7 @@ def dedup_key(signal: SignalEmitted) -> DedupKey:
     return (signal.symbol, signal.side.value, signal.strategy)
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """A terminal status with its decision type, reason code and a sentence for people."""
 
     status: IntentStatus
@@ -71,8 +83,7 @@ def blocked(why: str) -> Decision:
     )
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """What to do with one new signal: a terminal decision now, or place an order (decision None)."""
 
     signal: SignalEmitted

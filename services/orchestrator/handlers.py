@@ -1,23 +1,20 @@
-"""The orchestrator's batch handler: record intents, place orders, record decisions, publish."""
+"""The orchestrator's batch handler: record intents, place orders, record decisions, hand back events."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
-from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
 from services.orchestrator import decide, intents
 from services.orchestrator.exchanges.base import Exchange, OrderRequest, OrderResult
 from services.orchestrator.exchanges.paper import FillWrite, PaperExchange, assets_of_symbols
-from shared.consumer import Delivery, is_transient
-from shared.events import FailureClass, IntentStatus, OrderDecided, Side, SignalEmitted
+from shared.consumer import Delivery, Settlement, is_transient
+from shared.events import FailureClass, IntentStatus, Side, SignalEmitted
 from shared.logging import get_logger
 from shared.settings import TradingMode, TradingSettings
-from shared.streams import EVENT_FIELD, TYPE_FIELD
 
 log = get_logger("intentflow.orchestrator")
 
@@ -27,15 +24,18 @@ class OrderPipeline:
     """Turn a batch of signals into intents, orders, decisions and OrderDecided events."""
 
     pool: asyncpg.Pool
-    redis: Redis
     exchange: Exchange | None
     trading: TradingSettings
     decisions_stream: str
     maxlen: int | None = None
-    _xadd_all: AsyncScript | None = field(default=None, init=False, repr=False)
 
-    async def handle(self, batch: list[Delivery[SignalEmitted]]) -> set[str]:
-        """Handle one batch; return the entry ids whose order outcome is still unknown."""
+    async def handle(self, batch: list[Delivery[SignalEmitted]]) -> Settlement:
+        """Handle one batch; return its OrderDecided events and the entries to leave pending.
+
+        An entry stays pending while its order's outcome is unknown. The consumer publishes
+        the events in the same atomic step as it acknowledges the other entries, so a crash
+        in between cannot publish them twice.
+        """
         by_signal: dict[uuid.UUID, list[str]] = {}
         signals: dict[uuid.UUID, SignalEmitted] = {}
         for d in batch:
@@ -48,12 +48,16 @@ class OrderPipeline:
         recorded.update({r.signal_id: r for r in finished})
 
         decided = [r for r in recorded.values() if r.status != IntentStatus.PENDING]
-        await self._publish(decided)
         _log_decided(decided)
         unknown = {r.signal_id for r in recorded.values() if r.status == IntentStatus.PENDING}
         for signal_id in unknown:
             log.warning("order outcome unknown; the intent stays in flight", signal_id=str(signal_id))
-        return {entry for signal_id in unknown for entry in by_signal[signal_id]}
+        return Settlement(
+            self.decisions_stream,
+            [r.decided_entry() for r in decided],
+            keep={entry for signal_id in unknown for entry in by_signal[signal_id]},
+            maxlen=self.maxlen,
+        )
 
     def _paper(self) -> PaperExchange | None:
         if self.trading.trading_mode is TradingMode.PAPER and isinstance(self.exchange, PaperExchange):
@@ -168,48 +172,6 @@ class OrderPipeline:
             if raced:
                 written += await intents.fetch_by_id(conn, list(raced))
         return written
-
-    async def _publish(self, rows: Sequence[intents.IntentRow]) -> None:
-        if not rows:
-            return
-        if self._xadd_all is None:
-            self._xadd_all = self.redis.register_script(XADD_ALL)
-        await publish_all(
-            self._xadd_all, self.decisions_stream, [r.decided_event() for r in rows], self.maxlen
-        )
-
-
-# One command for a batch of events: redis-py spends ~50 µs of Python per pipelined XADD,
-# more than deciding the intent; a script takes the whole batch in one request, atomically.
-XADD_ALL = """
-local maxlen = ARGV[1]
-for i = 5, #ARGV do
-  if maxlen == '' then
-    redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3], ARGV[4], ARGV[i])
-  else
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', ARGV[2], ARGV[3], ARGV[4], ARGV[i])
-  end
-end
-return #ARGV - 4
-"""
-
-
-async def publish_all(
-    script: AsyncScript, stream: str, events: Sequence[OrderDecided], maxlen: int | None
-) -> None:
-    """XADD each event as its own entry (the fields encode_entry makes) in one round trip (XADD_ALL)."""
-    if not events:
-        return
-    await script(
-        keys=[stream],
-        args=[
-            "" if maxlen is None else str(maxlen),
-            TYPE_FIELD,
-            type(events[0]).__name__,
-            EVENT_FIELD,
-            *(e.model_dump_json() for e in events),
-        ],
-    )
 
 
 def _outcome(intent_id: uuid.UUID, result: OrderResult) -> intents.Outcome:

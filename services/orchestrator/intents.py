@@ -8,21 +8,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
+import orjson
 
 from services.orchestrator.decide import Decision, DedupKey, Plan
 from services.orchestrator.exchanges.base import client_order_id
 from services.orchestrator.exchanges.paper import lock_balances_sql
-from shared.db import numeric_texts
+from shared.db import json_default, json_rows
 from shared.events import IntentStatus, OrderDecided
+from shared.streams import EVENT_FIELD, TYPE_FIELD
 
 BRAKE_FLAG = "brake"
 
 
-@dataclass(frozen=True)
-class IntentRow:
+class IntentRow(NamedTuple):
     """The fields of an order intent the pipeline needs after it was written."""
 
     id: uuid.UUID
@@ -37,23 +38,35 @@ class IntentRow:
     exchange_order_id: str | None
     decided_at: datetime | None
 
-    def decided_event(self) -> OrderDecided:
-        """The OrderDecided event for a terminal intent."""
-        return OrderDecided.model_validate(
-            {
-                "signal_id": self.signal_id,
-                "intent_id": self.id,
-                "symbol": self.symbol,
-                "side": self.side,
-                "status": self.status,
-                "decision_type": self.decision_type,
-                "reason_code": self.reason_code,
-                "reason_message": self.reason_message or "",
-                "exchange_order_id": self.exchange_order_id,
-                "decided_at": self.decided_at,
-            }
-        )
+    def decided_entry(self) -> dict[str, str]:
+        """The stream entry of this terminal intent's OrderDecided event, as encode_entry makes it.
 
+        Written with orjson from the row (which the pipeline itself wrote): the same bytes as
+        OrderDecided(...).model_dump_json(), without building and re-validating a model per
+        signal (tests/unit/test_decided_entry.py holds the two side by side).
+        """
+        if self.decided_at is None or self.decision_type is None or self.reason_code is None:
+            raise ValueError(f"intent {self.id} is not decided (status {self.status})")
+        event = {
+            "signal_id": self.signal_id,
+            "intent_id": self.id,
+            "symbol": self.symbol,
+            "side": self.side,
+            "status": self.status,
+            "decision_type": self.decision_type,
+            "reason_code": self.reason_code,
+            "reason_message": self.reason_message or "",
+            "exchange_order_id": self.exchange_order_id,
+            "decided_at": self.decided_at,
+            "schema_version": 1,
+        }
+        return {
+            TYPE_FIELD: DECIDED_TYPE,
+            EVENT_FIELD: orjson.dumps(event, default=json_default, option=orjson.OPT_UTC_Z).decode(),
+        }
+
+
+DECIDED_TYPE = OrderDecided.__name__
 
 _COLUMNS = (
     "id, signal_id, symbol, side, price, status, decision_type, reason_code, "
@@ -180,7 +193,6 @@ async def insert_plans(
     """
     if not plans:
         return []
-    # StrEnum members are str: asyncpg sends them as text as they are (no .value lookups).
     found = outcomes or {}
     decisions: list[Decision | None] = []
     extra: list[Outcome | None] = []
@@ -189,42 +201,34 @@ async def insert_plans(
         extra.append(outcome)
         decisions.append(p.decision or (outcome.decision if outcome else None))
     conflict = " ON CONFLICT (signal_id) DO NOTHING" if skip_recorded else ""
-    sql = (
-        "INSERT INTO order_intents (id, signal_id, idempotency_key, symbol, side, strategy, source,"
-        " price, status, decision_type, reason_code, reason_message, emitted_at, decided_at,"
-        " quantity, exchange_order_id, error_message)"
-        " SELECT u.id, u.signal_id, u.key, u.symbol, u.side, u.strategy, u.source, u.price, u.status,"
-        "  u.decision_type, u.reason_code, u.reason_message, u.emitted_at,"
-        "  CASE WHEN u.status <> 'PENDING' THEN now() END, u.quantity, u.order_id, u.error"
-        " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],"
-        "  $7::text[], $8::text[]::numeric[], $9::text[], $10::text[], $11::text[], $12::text[],"
-        "  $13::timestamptz[], $14::text[]::numeric[], $15::text[], $16::text[])"
-        " AS u(id, signal_id, key, symbol, side, strategy, source, price, status, decision_type,"
-        "  reason_code, reason_message, emitted_at, quantity, order_id, error)"
-        f"{conflict} RETURNING signal_id, decided_at"
-    )
+    sql = f"{INSERT_INTENTS_SQL}{conflict} RETURNING signal_id, decided_at"
     if with_ctes:
         shift = len(with_args)
         sql = f"WITH {with_ctes} " + re.sub(r"\$(\d+)", lambda m: f"${int(m[1]) + shift}", sql)
     rows = await conn.fetch(
         sql,
         *with_args,
-        [p.intent_id for p in plans],
-        [p.signal.signal_id for p in plans],
-        [client_order_id(p.intent_id) for p in plans],
-        [p.signal.symbol for p in plans],
-        [p.signal.side for p in plans],
-        [p.signal.strategy for p in plans],
-        [p.signal.source for p in plans],
-        numeric_texts(p.signal.price for p in plans),
-        [x.status if x else IntentStatus.PENDING for x in decisions],
-        [x.decision_type if x else None for x in decisions],
-        [x.reason_code if x else None for x in decisions],
-        [x.reason_message if x else None for x in decisions],
-        [p.signal.emitted_at for p in plans],
-        numeric_texts(o.quantity if o else None for o in extra),
-        [o.exchange_order_id if o else None for o in extra],
-        [o.error_message if o else None for o in extra],
+        json_rows(
+            (
+                p.intent_id,
+                p.signal.signal_id,
+                client_order_id(p.intent_id),
+                p.signal.symbol,
+                p.signal.side,
+                p.signal.strategy,
+                p.signal.source,
+                str(p.signal.price),
+                d.status if d else IntentStatus.PENDING,
+                d.decision_type if d else None,
+                d.reason_code if d else None,
+                d.reason_message if d else None,
+                p.signal.emitted_at,
+                None if o is None or o.quantity is None else str(o.quantity),
+                o.exchange_order_id if o else None,
+                o.error_message if o else None,
+            )
+            for p, d, o in zip(plans, decisions, extra, strict=True)
+        ),
     )
     # The rows are what was sent; only the ones inserted come back, with the server's time.
     sent = {p.signal.signal_id: (p, d, o) for p, d, o in zip(plans, decisions, extra, strict=True)}
@@ -249,8 +253,19 @@ async def insert_plans(
     return out
 
 
-@dataclass(frozen=True)
-class Outcome:
+# One row per plan, sent as JSON (shared.db.json_rows): column k of row r is r->>k.
+INSERT_INTENTS_SQL = (
+    "INSERT INTO order_intents (id, signal_id, idempotency_key, symbol, side, strategy, source,"
+    " price, status, decision_type, reason_code, reason_message, emitted_at, decided_at,"
+    " quantity, exchange_order_id, error_message)"
+    " SELECT (r->>0)::uuid, (r->>1)::uuid, r->>2, r->>3, r->>4, r->>5, r->>6, (r->>7)::numeric,"
+    "  r->>8, r->>9, r->>10, r->>11, (r->>12)::timestamptz,"
+    "  CASE WHEN r->>8 <> 'PENDING' THEN now() END, (r->>13)::numeric, r->>14, r->>15"
+    " FROM jsonb_array_elements($1::text::jsonb) AS r"
+)
+
+
+class Outcome(NamedTuple):
     """The decision for one PENDING intent after its order was tried."""
 
     intent_id: uuid.UUID

@@ -1,4 +1,5 @@
-"""The shared asyncpg pool: a released connection is handed back as it is, transactions ended."""
+"""The shared asyncpg pool (a released connection is handed back as it is, transactions ended)
+and the batch rows sent as one JSON text."""
 
 from __future__ import annotations
 
@@ -38,11 +39,33 @@ async def test_a_transaction_left_open_is_rolled_back_on_release(database_url: s
         await own.close()
 
 
-async def test_decimals_sent_as_text_arrive_exactly(pool: asyncpg.Pool) -> None:
+async def test_json_rows_arrive_exactly(pool: asyncpg.Pool) -> None:
+    import uuid
+    from datetime import UTC, datetime, timedelta, timezone
     from decimal import Decimal
 
-    from shared.db import numeric_texts
+    from shared.db import json_rows
+    from shared.events import Side
 
-    values = [Decimal("5E+4"), Decimal("0.000000000000000001"), Decimal("-12.50"), None, Decimal("1e17")]
-    back = await pool.fetchval("SELECT $1::text[]::numeric[]", numeric_texts(values))
-    assert back == values
+    amounts = [Decimal("5E+4"), Decimal("0.000000000000000001"), Decimal("-12.50"), None, Decimal("1e17")]
+    ids = [uuid.uuid4() for _ in amounts]
+    at = [
+        datetime(2026, 11, 26, 0, 58, 16, 457511, tzinfo=UTC),
+        datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2026, 6, 30, 23, 59, 59, 999999, tzinfo=UTC),
+        None,
+        datetime(1999, 12, 31, 12, tzinfo=timezone(timedelta(hours=-8))),
+    ]
+    texts = ['quote " and \\ backslash', "é ü 漢字 🚀", "", None, "new\nline\ttab"]
+    rows = [
+        (i, None if a is None else str(a), t, s, Side.SELL)
+        for i, a, t, s in zip(ids, amounts, at, texts, strict=True)
+    ]
+    back = await pool.fetch(
+        "SELECT (r->>0)::uuid AS id, (r->>1)::numeric AS amount, (r->>2)::timestamptz AS at,"
+        " r->>3 AS text, r->>4 AS side FROM jsonb_array_elements($1::text::jsonb) AS r",
+        json_rows(rows),
+    )
+    assert [tuple(r) for r in back] == [
+        (i, a, t, s, "SELL") for i, a, t, s in zip(ids, amounts, at, texts, strict=True)
+    ]

@@ -3,31 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 
 from services.orchestrator.decide import intent_id_for
 from services.orchestrator.exchanges.base import client_order_id
 from services.orchestrator.exchanges.paper import PaperExchange
 from services.orchestrator.handlers import OrderPipeline
-from shared.consumer import Delivery
-from shared.events import SignalEmitted
+from shared.consumer import Delivery, Settlement
+from shared.events import OrderDecided, SignalEmitted
 from shared.settings import TradingSettings
-from shared.streams import StreamNames
-from tests.support.pipeline import events, signal
+from shared.streams import EVENT_FIELD, StreamNames
+from tests.support.pipeline import signal
 
 
-async def _pipeline(
-    pool: asyncpg.Pool, redis: Redis, names: StreamNames, settings: TradingSettings
-) -> OrderPipeline:
+async def _pipeline(pool: asyncpg.Pool, names: StreamNames, settings: TradingSettings) -> OrderPipeline:
     exchange = PaperExchange(pool, settings.balances, settings.reject_symbols)
     await exchange.start()
     return OrderPipeline(
-        pool=pool, redis=redis, exchange=exchange, trading=settings, decisions_stream=names.order_decisions
+        pool=pool, exchange=exchange, trading=settings, decisions_stream=names.order_decisions
     )
+
+
+def _events(settled: Settlement) -> list[dict[str, Any]]:
+    """The OrderDecided events a handled batch hands the consumer to publish."""
+    return [json.loads(fields[EVENT_FIELD]) for fields in settled.entries]
 
 
 def _batch(*signals: SignalEmitted) -> list[Delivery[SignalEmitted]]:
@@ -40,10 +44,10 @@ async def _statuses(pool: asyncpg.Pool) -> dict[uuid.UUID, tuple[str, str]]:
 
 
 async def test_a_mixed_batch_gets_each_decision_once_and_one_order_per_placed_intent(
-    make_settings, pool, redis, names
+    make_settings, pool, names
 ) -> None:
     settings = make_settings(PAPER_BALANCES="USDT=150", PAPER_REJECT_SYMBOLS="DOGE_USDT").trading
-    pipeline = await _pipeline(pool, redis, names, settings)
+    pipeline = await _pipeline(pool, names, settings)
     strategy = f"mix:{uuid.uuid4().hex[:6]}"
     first = signal("BTC_USDT", "BUY", "50000", strategy, ago=3)
     duplicate = signal("BTC_USDT", "BUY", "50100", strategy, ago=2)
@@ -53,8 +57,10 @@ async def test_a_mixed_batch_gets_each_decision_once_and_one_order_per_placed_in
     other_side = signal("BTC_USDT", "SELL", "50000", strategy, ago=0)
     batch = _batch(first, duplicate, unheld, rejected, broke, other_side, first)
 
-    assert await pipeline.handle(batch) == set()
+    settled = await pipeline.handle(batch)
 
+    assert settled.keep == set()
+    assert settled.stream == names.order_decisions
     assert await _statuses(pool) == {
         first.signal_id: ("ORDER_PLACED", "ORDER_PLACED"),
         duplicate.signal_id: ("DEDUP_SKIPPED", "DUPLICATE_SIGNAL"),
@@ -65,14 +71,14 @@ async def test_a_mixed_batch_gets_each_decision_once_and_one_order_per_placed_in
         # It sells the BTC the first order bought, in the same batch, in emission order.
         other_side.signal_id: ("ORDER_PLACED", "ORDER_PLACED"),
     }
-    decided = await events(redis, names.order_decisions)
+    decided = _events(settled)
     assert sorted(e["signal_id"] for e in decided) == sorted(
         str(s.signal_id) for s in (first, duplicate, unheld, rejected, broke, other_side)
     )
     assert all(e["decided_at"] and e["reason_code"] for e in decided)
-    entries = await redis.xrange(names.order_decisions, "-", "+")
-    assert {tuple(sorted(fields)) for _, fields in entries} == {("event", "type")}
-    assert {fields["type"] for _, fields in entries} == {"OrderDecided"}
+    assert {tuple(fields) for fields in settled.entries} == {("type", "event")}
+    assert {fields["type"] for fields in settled.entries} == {"OrderDecided"}
+    assert all(OrderDecided.model_validate_json(fields["event"]) for fields in settled.entries)
     orders = await pool.fetch("SELECT client_order_id, side, quantity FROM paper_orders")
     assert sorted(o["side"] for o in orders) == ["BUY", "SELL"]
     placed = await pool.fetch(
@@ -84,25 +90,28 @@ async def test_a_mixed_batch_gets_each_decision_once_and_one_order_per_placed_in
     assert balances["USDT"] == Decimal("150")  # bought 0.002 BTC at 50000, sold it at 50000
     assert balances["BTC"] == 0
 
-    # The whole batch delivered again: nothing new is decided, no order is placed twice.
-    assert await pipeline.handle(batch) == set()
+    # The whole batch delivered again: nothing new is decided, no order is placed twice;
+    # the recorded decisions are handed back again (their events may not have gone out).
+    again = await pipeline.handle(batch)
+    assert again.keep == set()
+    assert sorted(e["signal_id"] for e in _events(again)) == sorted(e["signal_id"] for e in decided)
     assert await pool.fetchval("SELECT count(*) FROM paper_orders") == 2
     assert await pool.fetchval("SELECT count(*) FROM order_intents") == 6
 
 
 async def test_racing_pipelines_keep_one_intent_per_signal_and_the_window_exact(
-    make_settings, pool, redis, names
+    make_settings, pool, names
 ) -> None:
     settings = make_settings(PAPER_BALANCES="USDT=1000000").trading
-    pipelines = [await _pipeline(pool, redis, names, settings) for _ in range(4)]
+    pipelines = [await _pipeline(pool, names, settings) for _ in range(4)]
     strategies = [f"race:{uuid.uuid4().hex[:6]}" for _ in range(10)]
     # Ten keys, each signalled 8 times within the window; every pipeline gets every signal.
     signals = [signal("BTC_USDT", "BUY", "50000", s, ago=8 - i) for s in strategies for i in range(8)]
     batches = [_batch(*signals[k::4], *signals[(k + 1) % 4 :: 4]) for k in range(4)]
 
-    keep = await asyncio.gather(*(p.handle(b) for p, b in zip(pipelines, batches, strict=True)))
+    settled = await asyncio.gather(*(p.handle(b) for p, b in zip(pipelines, batches, strict=True)))
 
-    assert all(k == set() for k in keep)
+    assert all(s.keep == set() for s in settled)
     statuses = await _statuses(pool)
     assert set(statuses) == {s.signal_id for s in signals}
     placed = [sid for sid, (status, _) in statuses.items() if status == "ORDER_PLACED"]
@@ -115,12 +124,10 @@ async def test_racing_pipelines_keep_one_intent_per_signal_and_the_window_exact(
     assert usdt == Decimal("1000000") - 100 * len(strategies)
 
 
-async def test_racing_batches_of_distinct_keys_move_the_balances_exactly(
-    make_settings, pool, redis, names
-) -> None:
+async def test_racing_batches_of_distinct_keys_move_the_balances_exactly(make_settings, pool, names) -> None:
     # No dedup key in common: only the balance locks taken by the batch read order them.
     settings = make_settings(PAPER_BALANCES="USDT=1000000").trading
-    pipelines = [await _pipeline(pool, redis, names, settings) for _ in range(4)]
+    pipelines = [await _pipeline(pool, names, settings) for _ in range(4)]
     batches = [
         _batch(*(signal("BTC_USDT", "BUY", "50000", f"bal:{uuid.uuid4().hex[:8]}") for _ in range(25)))
         for _ in range(8)
@@ -136,28 +143,29 @@ async def test_racing_batches_of_distinct_keys_move_the_balances_exactly(
     assert btc == Decimal("0.002") * 200
 
 
-async def test_brake_on_blocks_a_batch_without_placing(make_settings, pool, redis, names) -> None:
+async def test_brake_on_blocks_a_batch_without_placing(make_settings, pool, names) -> None:
     settings = make_settings().trading
-    pipeline = await _pipeline(pool, redis, names, settings)
+    pipeline = await _pipeline(pool, names, settings)
     await pool.execute(
         "INSERT INTO control_flags (name, enabled, changed_by) VALUES ('brake', true, 'test@host')"
     )
     sigs = [signal() for _ in range(3)]
 
-    await pipeline.handle(_batch(*sigs))
+    settled = await pipeline.handle(_batch(*sigs))
 
     statuses = await _statuses(pool)
     assert set(statuses.values()) == {("BLOCKED_LIVE_TRADING", "ORDER_BLOCKED_LIVE_TRADING")}
     assert await pool.fetchval("SELECT count(*) FROM paper_orders") == 0
-    messages = [e["reason_message"] for e in await events(redis, names.order_decisions)]
+    messages = [e["reason_message"] for e in _events(settled)]
+    assert len(messages) == 3
     assert all("brake is on" in m and "test@host" in m for m in messages)
 
 
 async def test_a_pending_intent_left_by_a_crash_is_resumed_without_a_second_order(
-    make_settings, pool, redis, names
+    make_settings, pool, names
 ) -> None:
     settings = make_settings().trading
-    pipeline = await _pipeline(pool, redis, names, settings)
+    pipeline = await _pipeline(pool, names, settings)
     sig = signal("BTC_USDT", "BUY", "50000")
     fresh = signal("ETH_USDT", "BUY", "2000")
     intent_id = intent_id_for(sig.signal_id)
@@ -180,13 +188,15 @@ async def test_a_pending_intent_left_by_a_crash_is_resumed_without_a_second_orde
         client_order_id(intent_id),
     )
 
-    assert await pipeline.handle(_batch(sig, fresh)) == set()
+    settled = await pipeline.handle(_batch(sig, fresh))
+
+    assert settled.keep == set()
 
     row = await pool.fetchrow("SELECT status, exchange_order_id FROM order_intents WHERE id = $1", intent_id)
     assert (row["status"], row["exchange_order_id"]) == ("ORDER_PLACED", "paper-before-crash")
     assert await pool.fetchval("SELECT count(*) FROM paper_orders WHERE symbol = 'BTC_USDT'") == 1
     assert (await _statuses(pool))[fresh.signal_id] == ("ORDER_PLACED", "ORDER_PLACED")
-    assert sorted(e["signal_id"] for e in await events(redis, names.order_decisions)) == sorted(
+    assert sorted(e["signal_id"] for e in _events(settled)) == sorted(
         [str(sig.signal_id), str(fresh.signal_id)]
     )
 

@@ -8,7 +8,14 @@ from decimal import Decimal
 
 import pytest
 
-from services.orchestrator.decide import dedup_key, failed, intent_id_for, placed, plan_signals
+from services.orchestrator.decide import (
+    INTENT_NAMESPACE,
+    dedup_key,
+    failed,
+    intent_id_for,
+    placed,
+    plan_signals,
+)
 from services.orchestrator.exchanges.base import OrderRequest, OrderResult, client_order_id
 from services.orchestrator.exchanges.paper import Fill, fill, split_symbol
 from shared.events import FailureClass, IntentStatus, Side, SignalEmitted
@@ -80,6 +87,12 @@ def test_intent_and_client_order_ids_derive_from_the_signal() -> None:
     assert intent_id_for(signal_id) != intent_id_for(uuid.uuid4())
     coid = client_order_id(intent_id_for(signal_id))
     assert coid == f"if-{intent_id_for(signal_id).hex}" and len(coid) <= 36
+
+
+def test_intent_id_is_the_uuid5_of_the_signal_id() -> None:
+    # Ids recorded by earlier releases were uuid.uuid5(INTENT_NAMESPACE, str(signal_id)).
+    for signal_id in [uuid.UUID(int=0), uuid.UUID(int=(1 << 128) - 1), *(uuid.uuid4() for _ in range(2000))]:
+        assert intent_id_for(signal_id) == uuid.uuid5(INTENT_NAMESPACE, str(signal_id))
 
 
 @pytest.mark.parametrize("failure", list(FailureClass))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from shared.events import FailureClass, Side
 
@@ -16,8 +15,7 @@ def client_order_id(intent_id: uuid.UUID) -> str:
     return f"if-{intent_id.hex}"
 
 
-@dataclass(frozen=True)
-class OrderRequest:
+class OrderRequest(NamedTuple):
     """One market order to place for one intent."""
 
     intent_id: uuid.UUID
@@ -34,8 +32,7 @@ class OrderRequest:
         return client_order_id(self.intent_id)
 
 
-@dataclass(frozen=True)
-class OrderResult:
+class OrderResult(NamedTuple):
     """What became of one order: placed, failed with a class, or still unknown."""
 
     placed: bool

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
 from services.orchestrator.exchanges.base import OrderRequest, OrderResult
-from shared.db import numeric_texts
+from shared.db import json_rows
 from shared.events import FailureClass, Side
 
 QUANTITY_STEP = Decimal("0.00000001")
 KNOWN_QUOTES = ("USDT", "USDC", "BUSD", "FDUSD", "TUSD", "USD", "EUR", "GBP", "BTC", "ETH", "BNB")
 
 
+@functools.lru_cache(maxsize=1024)  # asked once per order and per batch read, of a few symbols
 def split_symbol(symbol: str) -> tuple[str, str]:
     """Split BTC_USDT, BTC/USDT, BTC-USDT or BTCUSDT into (base, quote)."""
     for sep in ("_", "/", "-"):
@@ -30,8 +32,7 @@ def split_symbol(symbol: str) -> tuple[str, str]:
     raise ValueError(f"cannot tell base from quote in {symbol!r}; write it as BASE_QUOTE")
 
 
-@dataclass(frozen=True)
-class Fill:
+class Fill(NamedTuple):
     """A filled paper order: how much base moved for how much quote."""
 
     base: str
@@ -77,8 +78,7 @@ def fill(order: OrderRequest, balances: Mapping[str, Decimal], reject: frozenset
     return Fill(base, quote, quantity, cost)
 
 
-@dataclass(frozen=True)
-class PaperOrder:
+class PaperOrder(NamedTuple):
     """A filled paper order to write: its id, its request and the fill."""
 
     order_id: str
@@ -186,21 +186,26 @@ def fill_write(new_orders: Sequence[PaperOrder], held: Mapping[str, Decimal]) ->
     return FillWrite(
         "paper_fills AS ("
         " INSERT INTO paper_orders (id, client_order_id, symbol, side, price, quantity, quote_amount)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-        " $5::text[]::numeric[], $6::text[]::numeric[], $7::text[]::numeric[])),"
+        " SELECT r->>0, r->>1, r->>2, r->>3, (r->>4)::numeric, (r->>5)::numeric, (r->>6)::numeric"
+        " FROM jsonb_array_elements($1::text::jsonb) AS r),"
         " paper_moves AS ("
-        " INSERT INTO paper_balances (asset, amount) SELECT * FROM unnest($8::text[], $9::text[]::numeric[])"
+        " INSERT INTO paper_balances (asset, amount)"
+        " SELECT r->>0, (r->>1)::numeric FROM jsonb_array_elements($2::text::jsonb) AS r"
         " ON CONFLICT (asset) DO UPDATE SET amount = EXCLUDED.amount, updated_at = now())",
         [
-            [n.order_id for n in new_orders],
-            [n.client_order_id for n in new_orders],
-            [n.request.symbol for n in new_orders],
-            [n.request.side for n in new_orders],
-            numeric_texts(n.request.price for n in new_orders),
-            numeric_texts(n.fill.quantity for n in new_orders),
-            numeric_texts(n.fill.quote_amount for n in new_orders),
-            moved,
-            numeric_texts(held[a] for a in moved),
+            json_rows(
+                (
+                    n.order_id,
+                    n.client_order_id,
+                    n.request.symbol,
+                    n.request.side,
+                    str(n.request.price),
+                    str(n.fill.quantity),
+                    str(n.fill.quote_amount),
+                )
+                for n in new_orders
+            ),
+            json_rows((a, str(held[a])) for a in moved),
         ],
     )
 
