@@ -24,6 +24,16 @@ async def test_three_orchestrators_fifty_duplicates_one_intent_placed(service_en
         redis = create_redis(service_env["REDIS_URL"])
         pool = await create_pool(service_env["DATABASE_URL"])
         try:
+            # A race of three: each orchestrator blocked in its XREADGROUP before the signals
+            # arrive, so Redis hands the first entries to all three (a slow starter would
+            # otherwise find the fifty decided within milliseconds by the other two).
+            async def blocked_readers() -> int:
+                clients = await redis.client_list()
+                return sum(1 for c in clients if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", ""))
+
+            await eventually(
+                blocked_readers, until=lambda n: n >= 3, timeout=60, what="three blocked readers"
+            )
             strategy = f"race:{uuid.uuid4().hex[:8]}"
             sigs = [signal(strategy=strategy, price=str(50000 + i)) for i in range(50)]
             async with redis.pipeline(transaction=False) as pipe:
