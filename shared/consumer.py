@@ -346,7 +346,7 @@ class StreamConsumer(Generic[E]):
         backoff = 0.1
         while True:
             try:
-                keep = await self.handler(batch)
+                result = await self.handler(batch)
             except Exception as exc:
                 if is_transient(exc):
                     self._mark_down(exc)
@@ -376,13 +376,13 @@ class StreamConsumer(Generic[E]):
                     error=repr(exc)[:500],
                 )
                 return
-            if isinstance(keep, Settlement):
-                settlement = keep
+            if isinstance(result, Settlement):
+                settlement = result
                 done = [d.entry_id for d in batch if d.entry_id not in settlement.keep]
                 if (done or settlement.entries) and not await self.ack_and_publish(done, settlement, stop):
                     return
             else:
-                done = [d.entry_id for d in batch if not keep or d.entry_id not in keep]
+                done = [d.entry_id for d in batch if not result or d.entry_id not in result]
                 if done:
                     await self._ack(done, stop)
             self.health.processed += len(done)

@@ -129,22 +129,6 @@ async def throughput(
     }
 
 
-async def read_decisions(redis: Redis, stream: str, after: str, expected: Collection[str]) -> dict[str, str]:
-    """Read every OrderDecided event after `after`; return {signal_id: status} of the expected ones."""
-    want = set(expected)
-    statuses: dict[str, str] = {}
-    cursor = after
-    while True:
-        entries: Any = await redis.xrange(stream, f"({cursor}", "+", count=5000)
-        if not entries:
-            return statuses
-        for entry_id, fields in entries:
-            cursor = entry_id
-            event = json.loads(fields["event"])
-            if event["signal_id"] in want:
-                statuses[event["signal_id"]] = event["status"]
-
-
 async def drain(
     redis: Redis,
     names: StreamNames,
@@ -182,11 +166,12 @@ async def drain(
         "client": (cpu_seconds(pids) - cpu_before[0]) / events * 1e6,
         "postgres": (cpu_seconds(backends) - cpu_before[1]) / events * 1e6,
     }
-    seen = await read_decisions(redis, names.order_decisions, after, ids)
+    # Every decision is on the stream by now (published with the acks): read, not waited for.
+    seen = await watch_decisions(redis, names.order_decisions, after, ids, timeout=30)
     if len(seen) != events:
         raise RuntimeError(f"only {len(seen)} of {events} drained signals have an OrderDecided event")
     statuses: dict[str, int] = {}
-    for status in seen.values():
+    for _, status in seen.values():
         statuses[status] = statuses.get(status, 0) + 1
     progress(f"orchestrator drained {events} signals in {elapsed:.2f} s ({events / elapsed:.0f}/s)")
     return {
