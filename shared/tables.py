@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Index,
@@ -125,6 +126,7 @@ class PaperBalance(SQLModel, table=True):
     """The paper exchange's balance of one asset."""
 
     __tablename__ = "paper_balances"
+    __table_args__ = (CheckConstraint("amount >= 0", name="ck_paper_balances_amount_not_negative"),)
 
     asset: str = Field(sa_column=Column(String(16), primary_key=True))
     amount: Decimal = Field(sa_column=Column(NUMERIC, nullable=False))

@@ -10,7 +10,12 @@ import asyncpg
 
 from services.orchestrator import decide, intents
 from services.orchestrator.exchanges.base import Exchange, OrderRequest, OrderResult
-from services.orchestrator.exchanges.paper import FillWrite, PaperExchange, assets_of_symbols
+from services.orchestrator.exchanges.paper import (
+    BALANCE_NOT_NEGATIVE,
+    FillWrite,
+    PaperExchange,
+    assets_of_symbols,
+)
 from shared.consumer import Delivery, Settlement, is_transient
 from shared.events import FailureClass, IntentStatus, Side, SignalEmitted
 from shared.logging import get_logger
@@ -72,7 +77,26 @@ class OrderPipeline:
         Paper orders are filled in the same transaction, so those intents are written
         terminal at once. A live order may reach the exchange: its intent is committed
         PENDING first and decided after the answer (_place).
+
+        Paper fills are decided against balances read unlocked, so batches overlap rather than
+        queue on the balance rows for their whole transaction. Should another batch have spent
+        them meanwhile, the commit would leave an asset below zero: the constraint refuses it,
+        nothing of the batch is written, and it is decided again with the balances locked.
         """
+        try:
+            return await self._record_intents_once(signals, lock_balances=False)
+        except asyncpg.CheckViolationError as exc:
+            if exc.constraint_name != BALANCE_NOT_NEGATIVE:
+                raise
+            log.info(
+                "paper balances moved under the batch; deciding it again with them locked",
+                signal_ids=[str(s.signal_id) for s in signals],
+            )
+            return await self._record_intents_once(signals, lock_balances=True)
+
+    async def _record_intents_once(
+        self, signals: list[SignalEmitted], *, lock_balances: bool
+    ) -> tuple[dict[uuid.UUID, intents.IntentRow], set[uuid.UUID]]:
         paper = self._paper()
         window = self.trading.dedup_window_seconds
         keys = sorted({decide.dedup_key(s) for s in signals})
@@ -86,6 +110,7 @@ class OrderPipeline:
                 max(s.emitted_at for s in signals),
                 window,
                 assets_of_symbols(s.symbol for s in signals) if paper is not None else (),
+                lock_balances=lock_balances,
             )
             new = [s for s in signals if s.signal_id not in state.recorded]
             if not new:

@@ -15,7 +15,7 @@ import orjson
 
 from services.orchestrator.decide import Decision, DedupKey, Plan
 from services.orchestrator.exchanges.base import client_order_id
-from services.orchestrator.exchanges.paper import lock_balances_sql
+from services.orchestrator.exchanges.paper import lock_balances_sql, read_balances_ctes
 from shared.db import json_default, json_rows
 from shared.events import IntentStatus, OrderDecided
 from shared.streams import EVENT_FIELD, TYPE_FIELD
@@ -94,30 +94,36 @@ async def lock_keys(conn: asyncpg.Connection, keys: Sequence[DedupKey]) -> None:
 # of ix_order_intents_dedup per key, whatever the statistics say. Flattened, a table the
 # planner still thinks small (a fresh deploy, before autovacuum's first ANALYZE) was read
 # whole twice per batch: ~70 µs of PostgreSQL CPU per signal at 20k rows, growing with it.
-BATCH_STATE_SQL = (
-    # Paper mode: the balances the batch may move, locked in the same round trip ($8 is
-    # empty otherwise). After the key locks, as before: keys first, then balances by asset.
-    f"WITH held AS ({lock_balances_sql('$8')})"
-    " SELECT 'r' AS kind, r.*, NULL::text AS strategy, NULL::timestamptz AS emitted_at,"
-    "  NULL::bool AS enabled, NULL::text AS changed_by"
-    " FROM unnest($1::uuid[]) AS s(id)"
-    f" CROSS JOIN LATERAL (SELECT {_COLUMNS} FROM order_intents WHERE signal_id = s.id OFFSET 0) AS r"
-    " UNION ALL"
-    " SELECT 'a', NULL, NULL, k.symbol, k.side, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
-    "  k.strategy, i.emitted_at, NULL, NULL"
-    " FROM unnest($2::text[], $3::text[], $4::text[]) AS k(symbol, side, strategy)"
-    " CROSS JOIN LATERAL (SELECT emitted_at FROM order_intents"
-    "   WHERE symbol = k.symbol AND side = k.side AND strategy = k.strategy"
-    "     AND emitted_at > $5 AND emitted_at < $6 AND status <> 'DEDUP_SKIPPED' OFFSET 0) AS i"
-    " UNION ALL"
-    " SELECT 'b', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, changed_at,"
-    "  NULL, NULL, enabled, changed_by"
-    " FROM control_flags WHERE name = $7"
-    " UNION ALL"
-    " SELECT 'h', NULL, NULL, asset, NULL, amount, NULL, NULL, NULL, NULL, NULL, NULL,"
-    "  NULL, NULL, NULL, NULL"
-    " FROM held"
-)
+def _batch_state_sql(held: str) -> str:
+    return (
+        f"WITH {held}"
+        " SELECT 'r' AS kind, r.*, NULL::text AS strategy, NULL::timestamptz AS emitted_at,"
+        "  NULL::bool AS enabled, NULL::text AS changed_by"
+        " FROM unnest($1::uuid[]) AS s(id)"
+        f" CROSS JOIN LATERAL (SELECT {_COLUMNS} FROM order_intents WHERE signal_id = s.id OFFSET 0) AS r"
+        " UNION ALL"
+        " SELECT 'a', NULL, NULL, k.symbol, k.side, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+        "  k.strategy, i.emitted_at, NULL, NULL"
+        " FROM unnest($2::text[], $3::text[], $4::text[]) AS k(symbol, side, strategy)"
+        " CROSS JOIN LATERAL (SELECT emitted_at FROM order_intents"
+        "   WHERE symbol = k.symbol AND side = k.side AND strategy = k.strategy"
+        "     AND emitted_at > $5 AND emitted_at < $6 AND status <> 'DEDUP_SKIPPED' OFFSET 0) AS i"
+        " UNION ALL"
+        " SELECT 'b', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, changed_at,"
+        "  NULL, NULL, enabled, changed_by"
+        " FROM control_flags WHERE name = $7"
+        " UNION ALL"
+        " SELECT 'h', NULL, NULL, asset, NULL, amount, NULL, NULL, NULL, NULL, NULL, NULL,"
+        "  NULL, NULL, NULL, NULL"
+        " FROM held"
+    )
+
+
+# Paper mode: the balances the batch may move ($8 is empty otherwise), read in the same round
+# trip, unlocked (the fills move them by deltas, refused below zero) or, LOCKED, locked after
+# the key locks: keys first, then balances by asset.
+BATCH_STATE_SQL = _batch_state_sql(read_balances_ctes("$8", "held"))
+BATCH_STATE_LOCKED_SQL = _batch_state_sql(f"held AS ({lock_balances_sql('$8')})")
 
 
 @dataclass(frozen=True)
@@ -138,9 +144,12 @@ async def read_batch_state(
     latest: datetime,
     window_s: float,
     assets: Sequence[str] = (),
+    *,
+    lock_balances: bool = False,
 ) -> BatchState:
     """Read, in one round trip, the intents of these signals, the active intents of these keys,
-    the brake, and the paper balances of `assets`, locked until the transaction ends.
+    the brake, and the paper balances of `assets` (with lock_balances: locked until the
+    transaction ends).
 
     Call it after lock_keys in the same transaction: under READ COMMITTED this statement's
     snapshot then includes every intent a racing orchestrator committed under those locks
@@ -148,7 +157,7 @@ async def read_batch_state(
     """
     pad = timedelta(seconds=window_s)
     rows = await conn.fetch(
-        BATCH_STATE_SQL,
+        BATCH_STATE_LOCKED_SQL if lock_balances else BATCH_STATE_SQL,
         list(signal_ids),
         [k[0] for k in keys],
         [k[1] for k in keys],

@@ -143,6 +143,69 @@ async def test_racing_batches_of_distinct_keys_move_the_balances_exactly(make_se
     assert btc == Decimal("0.002") * 200
 
 
+async def test_racing_batches_that_overspend_fill_only_what_the_balance_holds(
+    make_settings, pool, names
+) -> None:
+    # 1,000 USDT buys ten orders of 100; forty race for them in eight batches on four pipelines.
+    settings = make_settings(PAPER_BALANCES="USDT=1000").trading
+    pipelines = [await _pipeline(pool, names, settings) for _ in range(4)]
+    batches = [
+        _batch(*(signal("BTC_USDT", "BUY", "50000", f"over:{uuid.uuid4().hex[:8]}") for _ in range(5)))
+        for _ in range(8)
+    ]
+
+    await asyncio.gather(*(pipelines[i % 4].handle(b) for i, b in enumerate(batches)))
+
+    statuses = [s for s, _ in (await _statuses(pool)).values()]
+    assert statuses.count("ORDER_PLACED") == 10
+    assert statuses.count("ORDER_FAILED") == 30
+    assert await pool.fetchval("SELECT count(*) FROM paper_orders") == 10
+    assert await pool.fetchval("SELECT amount FROM paper_balances WHERE asset = 'USDT'") == 0
+    assert await pool.fetchval("SELECT amount FROM paper_balances WHERE asset = 'BTC'") == Decimal("0.02")
+
+
+async def test_a_batch_whose_balance_was_spent_meanwhile_is_decided_again_on_what_is_left(
+    make_settings, pool, names
+) -> None:
+    settings = make_settings(PAPER_BALANCES="USDT=1000").trading
+    pipeline = await _pipeline(pool, names, settings)
+    batch = _batch(*(signal("BTC_USDT", "BUY", "50000", f"late:{uuid.uuid4().hex[:8]}") for _ in range(3)))
+    async with pool.acquire() as other:
+        # Another writer spends 900 USDT and holds the row: the batch reads the 1,000 last
+        # committed, fills all three against it, and waits on the row to write its fills.
+        spend = other.transaction()
+        await spend.start()
+        await other.execute("UPDATE paper_balances SET amount = amount - 900 WHERE asset = 'USDT'")
+        handled = asyncio.create_task(pipeline.handle(batch))
+        blocked_pid = other.get_server_pid()
+        for _ in range(500):
+            waiting = await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND $1 = ANY(pg_blocking_pids(pid))",
+                blocked_pid,
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert waiting, "the batch never waited on the balance row"
+        await spend.commit()
+        settled = await handled
+
+    # 100 USDT were left: one order filled, two refused; the balance never went below zero.
+    assert sorted(s for s, _ in (await _statuses(pool)).values()) == [
+        "ORDER_FAILED",
+        "ORDER_FAILED",
+        "ORDER_PLACED",
+    ]
+    assert sorted(e["reason_code"] for e in _events(settled)) == [
+        "INSUFFICIENT_FUNDS",
+        "INSUFFICIENT_FUNDS",
+        "ORDER_PLACED",
+    ]
+    assert await pool.fetchval("SELECT count(*) FROM paper_orders") == 1
+    assert await pool.fetchval("SELECT amount FROM paper_balances WHERE asset = 'USDT'") == 0
+
+
 async def test_brake_on_blocks_a_batch_without_placing(make_settings, pool, names) -> None:
     settings = make_settings().trading
     pipeline = await _pipeline(pool, names, settings)

@@ -159,6 +159,26 @@ def lock_balances_sql(param: str) -> str:
     )
 
 
+def read_balances_ctes(param: str, name: str) -> str:
+    """CTEs: `name` reads, unlocked, the balances of the assets in text[] `param` (as of the
+    statement's start; an asset nobody holds yet reads as absent, i.e. 0).
+
+    The missing ones get their row (0) too, so a fill's write finds a row to move: DO NOTHING
+    locks no existing row; a new one stays this transaction's until it ends.
+    """
+    return (
+        "paper_created AS (INSERT INTO paper_balances (asset, amount)"
+        f" SELECT a, 0 FROM unnest({param}::text[]) AS a"
+        " WHERE NOT EXISTS (SELECT 1 FROM paper_balances WHERE asset = a) ORDER BY a"
+        " ON CONFLICT (asset) DO NOTHING),"
+        f" {name} AS (SELECT asset, amount FROM paper_balances WHERE asset = ANY({param}::text[]))"
+    )
+
+
+BALANCE_NOT_NEGATIVE = "ck_paper_balances_amount_not_negative"
+"""The constraint that refuses a fill written over balances that moved since they were read."""
+
+
 async def lock_balances(conn: asyncpg.Connection, assets: Sequence[str]) -> dict[str, Decimal]:
     """Lock and return the balances of these assets until the transaction ends (absent ones: 0)."""
     rows = await conn.fetch(lock_balances_sql("$1"), sorted(set(assets)))
@@ -177,21 +197,37 @@ class FillWrite:
     args: list[Any]
 
 
-def fill_write(new_orders: Sequence[PaperOrder], held: Mapping[str, Decimal]) -> FillWrite | None:
-    """Build the statement parts that insert new orders and set the balances they moved."""
+def fill_write(new_orders: Sequence[PaperOrder]) -> FillWrite | None:
+    """Build the statement parts that insert new orders and move the balances by what they filled.
+
+    The balances move by deltas (amount + moved), so the write is right whether or not the
+    balances were locked when the fills were decided; an asset left below zero violates
+    BALANCE_NOT_NEGATIVE and rolls the statement back. Unreferenced, these CTEs run after
+    the statement they lead, the balances last: a batch holds the balance rows only from
+    then until its commit.
+    """
     if not new_orders:
         return None
-    moved = sorted({a for n in new_orders for a in (n.fill.base, n.fill.quote)})
+    moved: dict[str, Decimal] = {}
+    for n in new_orders:
+        sign = 1 if n.request.side is Side.BUY else -1
+        moved[n.fill.base] = moved.get(n.fill.base, Decimal(0)) + sign * n.fill.quantity
+        moved[n.fill.quote] = moved.get(n.fill.quote, Decimal(0)) - sign * n.fill.quote_amount
     # A client order id already present raises (unique key): never two fills for one intent.
     return FillWrite(
         "paper_fills AS ("
         " INSERT INTO paper_orders (id, client_order_id, symbol, side, price, quantity, quote_amount)"
         " SELECT r->>0, r->>1, r->>2, r->>3, (r->>4)::numeric, (r->>5)::numeric, (r->>6)::numeric"
         " FROM jsonb_array_elements($1::text::jsonb) AS r),"
+        # The balance rows exist: the batch read created the missing ones (read_balances_sql).
+        # Locked in asset order first, so racing batches never wait on each other in a cycle.
+        " paper_locked AS ("
+        " SELECT asset FROM paper_balances WHERE asset IN"
+        " (SELECT r->>0 FROM jsonb_array_elements($2::text::jsonb) AS r) ORDER BY asset FOR UPDATE),"
         " paper_moves AS ("
-        " INSERT INTO paper_balances (asset, amount)"
-        " SELECT r->>0, (r->>1)::numeric FROM jsonb_array_elements($2::text::jsonb) AS r"
-        " ON CONFLICT (asset) DO UPDATE SET amount = EXCLUDED.amount, updated_at = now())",
+        " UPDATE paper_balances AS b SET amount = b.amount + (m.r->>1)::numeric, updated_at = now()"
+        " FROM jsonb_array_elements($2::text::jsonb) AS m(r)"
+        " WHERE b.asset = m.r->>0 AND b.asset IN (SELECT asset FROM paper_locked))",
         [
             json_rows(
                 (
@@ -205,7 +241,8 @@ def fill_write(new_orders: Sequence[PaperOrder], held: Mapping[str, Decimal]) ->
                 )
                 for n in new_orders
             ),
-            json_rows((a, str(held[a])) for a in moved),
+            # Sorted by asset: every batch takes the balance rows in one order (no deadlock).
+            json_rows((a, str(moved[a])) for a in sorted(moved)),
         ],
     )
 
@@ -262,7 +299,7 @@ class PaperExchange:
             }
             held = await lock_balances(conn, assets_of(orders))
             results, new_orders = fill_batch(orders, held, self.reject, done)
-            await write_fills(conn, fill_write(new_orders, held))
+            await write_fills(conn, fill_write(new_orders))
             return results
 
     def fill_in(
@@ -270,14 +307,16 @@ class PaperExchange:
     ) -> tuple[list[OrderResult], FillWrite | None]:
         """Fill orders of intents the caller's transaction is inserting; return results and writes.
 
-        `held`: the balances of every asset these orders may move, which the caller's
-        transaction has locked (lock_balances_sql, e.g. in its batch read) and keeps locked until
-        it ends; updated in place. The caller runs the writes (write_fills, or as CTEs of its
-        own insert), so intents and orders commit or roll back together. These intents never
+        `held`: the balances of every asset these orders may move, as the caller's transaction
+        read them (read_balances_sql), or locked them (lock_balances_sql); updated in place. The
+        caller runs the writes (write_fills, or as CTEs of its own insert), so intents and orders
+        commit or roll back together. Read unlocked, a balance may have moved by commit time:
+        should that leave an asset below zero, the writes fail on BALANCE_NOT_NEGATIVE and the
+        caller decides the batch again with the balances locked. These intents never
         existed, so no order of theirs can: no lookup. Should one exist all the same, its
         unique client order id aborts the transaction.
         """
         if not orders:
             return [], None
         results, new_orders = fill_batch(orders, held, self.reject)
-        return results, fill_write(new_orders, held)
+        return results, fill_write(new_orders)
