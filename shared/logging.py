@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -31,6 +31,8 @@ _BOT_TOKEN_HINT = re.compile(r":[A-Za-z0-9_-]{20}")
 _LEVEL_OF_METHOD = {"warn": "warning", "exception": "error"}
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
 _configuration: object | None = None  # a new token per configure_logging call
+# What configure_logging set up, for log_each: the processors, the sink, the level number.
+_pipeline: tuple[list[Any], _Lines, int] | None = None
 _UNBUILT = object()
 
 
@@ -173,8 +175,9 @@ def configure_logging(service: str, *, level: str = "INFO", fmt: str = "json") -
     for noisy in ("aiohttp.access", "uvicorn.access", "asyncio", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.contextvars.bind_contextvars(service=service)
-    global _configuration
+    global _configuration, _pipeline
     _configuration = object()
+    _pipeline = (processors, lines, number)
 
 
 class _Logger:
@@ -217,6 +220,32 @@ def _forward(method: str) -> Any:
 
 for _method in ("debug", "info", "warning", "warn", "error", "exception", "critical", "msg"):
     setattr(_Logger, _method, _forward(_method))
+
+
+def log_each(logger: Any, method: str, event: str, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Log `event` once per row, with the row's fields: the lines `logger.<method>(event, **row)`
+    writes for each row, written at once (one write, not one per line).
+
+    For a batch's per-signal lines (each carries its signal_id): structlog's call chain is
+    crossed once per line at the processors only, and the stream is written once.
+    """
+    level = logging.getLevelNamesMapping().get(_LEVEL_OF_METHOD.get(method, method).upper(), 0)
+    if _pipeline is None or not isinstance(logger, _Logger):  # not configured (tests): as structlog does
+        for row in rows:
+            getattr(logger, method)(event, **row)
+        return
+    processors, lines, number = _pipeline
+    if level < number:
+        return
+    context = structlog.get_context(logger._logger())
+    out: list[str] = []
+    for row in rows:
+        event_dict: Any = {**context, **row, "event": event}
+        for processor in processors:
+            event_dict = processor(lines, method, event_dict)
+        out.append(event_dict)
+    if out:
+        lines.msg("\n".join(out))
 
 
 def get_logger(name: str | None = None) -> Any:

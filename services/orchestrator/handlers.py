@@ -18,7 +18,7 @@ from services.orchestrator.exchanges.paper import (
 )
 from shared.consumer import Delivery, Settlement, is_transient
 from shared.events import FailureClass, IntentStatus, Side, SignalEmitted
-from shared.logging import get_logger
+from shared.logging import get_logger, log_each
 from shared.settings import TradingMode, TradingSettings
 
 log = get_logger("intentflow.orchestrator")
@@ -133,6 +133,7 @@ class OrderPipeline:
                 plans,
                 outcomes,
                 skip_recorded=paper is None,
+                now=state.now,
                 with_ctes=fills.ctes if fills else "",
                 with_args=fills.args if fills else (),
             )
@@ -216,12 +217,18 @@ def _outcome(intent_id: uuid.UUID, result: OrderResult) -> intents.Outcome:
 
 def _log_decided(decided: Sequence[intents.IntentRow]) -> None:
     """Log each decided intent by its ids (operators follow a signal through the logs by its id)."""
-    for row in decided:
-        log.info(
-            "intent decided",
-            signal_id=str(row.signal_id),
-            intent_id=str(row.id),
-            symbol=row.symbol,
-            status=row.status,
-            reason_code=row.reason_code,
-        )
+    log_each(
+        log,
+        "info",
+        "intent decided",
+        (
+            {
+                "signal_id": str(row.signal_id),
+                "intent_id": str(row.id),
+                "symbol": row.symbol,
+                "status": row.status,
+                "reason_code": row.reason_code,
+            }
+            for row in decided
+        ),
+    )

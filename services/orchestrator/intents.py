@@ -116,6 +116,10 @@ def _batch_state_sql(held: str) -> str:
         " SELECT 'h', NULL, NULL, asset, NULL, amount, NULL, NULL, NULL, NULL, NULL, NULL,"
         "  NULL, NULL, NULL, NULL"
         " FROM held"
+        # The transaction's now(): the decided_at of every intent it decides.
+        " UNION ALL"
+        " SELECT 'n', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, now(),"
+        "  NULL, NULL, NULL, NULL"
     )
 
 
@@ -134,6 +138,8 @@ class BatchState:
     active: list[tuple[DedupKey, datetime]]
     brake: str | None
     held: dict[str, Decimal]
+    now: datetime
+    """The transaction's now(), which the intents it decides get as decided_at."""
 
 
 async def read_batch_state(
@@ -171,6 +177,7 @@ async def read_batch_state(
     active: list[tuple[DedupKey, datetime]] = []
     brake: str | None = None
     held: dict[str, Decimal] = {}
+    now: datetime | None = None
     for r in rows:
         kind = r["kind"]
         if kind == "r":
@@ -179,9 +186,13 @@ async def read_batch_state(
             active.append(((r["symbol"], r["side"], r["strategy"]), r["emitted_at"]))
         elif kind == "h":
             held[r["symbol"]] = r["price"]
+        elif kind == "n":
+            now = r["decided_at"]
         elif r["enabled"]:
             brake = f"the brake is on (set by {r['changed_by']} at {r['decided_at'].isoformat()})"
-    return BatchState(recorded, active, brake, held)
+    if now is None:
+        raise RuntimeError("the batch read returned no now() row")
+    return BatchState(recorded, active, brake, held, now)
 
 
 async def insert_plans(
@@ -190,6 +201,7 @@ async def insert_plans(
     outcomes: Mapping[uuid.UUID, Outcome] | None = None,
     *,
     skip_recorded: bool = True,
+    now: datetime | None = None,
     with_ctes: str = "",
     with_args: Sequence[Any] = (),
 ) -> list[IntentRow]:
@@ -197,6 +209,8 @@ async def insert_plans(
 
     skip_recorded: a signal already recorded is left alone (ON CONFLICT DO NOTHING); without
     it a recorded signal raises, rolling back whatever the transaction did for it (its order).
+    now: the transaction's now() (BatchState.now); without skip_recorded every row is then
+    known to be inserted with it as decided_at (if decided), so none is sent back.
     with_ctes/with_args: data-modifying CTEs (parameters from $1) run in the same statement,
     e.g. the paper fills of these intents: one round trip for both.
     """
@@ -209,13 +223,13 @@ async def insert_plans(
         outcome = found.get(p.intent_id) if p.decision is None else None
         extra.append(outcome)
         decisions.append(p.decision or (outcome.decision if outcome else None))
+    every_row = not skip_recorded and now is not None
     conflict = " ON CONFLICT (signal_id) DO NOTHING" if skip_recorded else ""
-    sql = f"{INSERT_INTENTS_SQL}{conflict} RETURNING signal_id, decided_at"
+    sql = f"{INSERT_INTENTS_SQL}{conflict}" + ("" if every_row else " RETURNING signal_id, decided_at")
     if with_ctes:
         shift = len(with_args)
         sql = f"WITH {with_ctes} " + re.sub(r"\$(\d+)", lambda m: f"${int(m[1]) + shift}", sql)
-    rows = await conn.fetch(
-        sql,
+    args = (
         *with_args,
         json_rows(
             (
@@ -239,6 +253,12 @@ async def insert_plans(
             for p, d, o in zip(plans, decisions, extra, strict=True)
         ),
     )
+    rows: Sequence[tuple[uuid.UUID, datetime | None]]
+    if every_row:
+        await conn.execute(sql, *args)
+        rows = [(p.signal.signal_id, now if d else None) for p, d in zip(plans, decisions, strict=True)]
+    else:
+        rows = await conn.fetch(sql, *args)
     # The rows are what was sent; only the ones inserted come back, with the server's time.
     sent = {p.signal.signal_id: (p, d, o) for p, d, o in zip(plans, decisions, extra, strict=True)}
     out: list[IntentRow] = []

@@ -214,3 +214,35 @@ def test_scrub_replaces_a_bot_token_and_leaves_other_text_alone() -> None:
     assert scrub(f'{{"url":"/bot{token}/sendMessage"}}') == '{"url":"/bot***/sendMessage"}'
     plain = '{"event":"at 2026-01-01T10:20:30Z","port":"redis://127.0.0.1:6379"}'
     assert scrub(plain) == plain
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_log_each_writes_the_lines_one_call_per_row_writes(fmt: str) -> None:
+    secret = f"s3cr3t-{secrets.token_hex(6)}"
+    out = stderr_of(
+        f"""
+        from shared.logging import log_each
+        structlog.contextvars.bind_contextvars(consumer="c-1")
+        rows = [dict(signal_id=f"s-{{i}}", symbol="BTC_USDT", note={secret!r} if i == 1 else None) for i in range(3)]
+        for row in rows:
+            log.info("intent decided", **row)
+        log_each(log, "info", "intent decided", rows)
+        log_each(log, "debug", "below the level", rows)
+        log_each(log, "info", "no rows", [])
+        """,
+        fmt=fmt,
+        secret=secret,
+    )
+    assert secret not in out
+    lines = out.splitlines()
+    assert len(lines) == 6
+    if fmt == "json":
+        one_by_one, at_once = json_lines("\n".join(lines[:3])), json_lines("\n".join(lines[3:]))
+        for line in one_by_one + at_once:
+            line.pop("timestamp")
+        assert at_once == one_by_one
+        assert [line["signal_id"] for line in at_once] == ["s-0", "s-1", "s-2"]
+        assert at_once[0]["service"] == "orchestrator" and at_once[0]["consumer"] == "c-1"
+    else:
+        # Console lines start with their timestamp; the rest is the same.
+        assert [line.split(" ", 2)[2] for line in lines[3:]] == [line.split(" ", 2)[2] for line in lines[:3]]
