@@ -29,8 +29,19 @@ RUN_ID = uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    return servers.redis_server_url()
+def redis_url() -> Iterator[str]:
+    url = servers.redis_server_url()
+    yield url
+    # Every key this run made starts with its prefixes (t<RUN_ID>…): leave a shared Redis as found.
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"t{RUN_ID}*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
