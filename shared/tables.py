@@ -49,12 +49,20 @@ class OrderIntent(SQLModel, table=True):
             postgresql_where=text("status = 'ORDER_FAILED'"),
             postgresql_include=["signal_id"],
         ),
-        Index("ix_order_intents_signal_status", "signal_id", postgresql_include=["status", "symbol"]),
+        # signal_id's uniqueness, and the diagnostics' index-only status lookups.
+        Index(
+            "ux_order_intents_signal_id", "signal_id", unique=True, postgresql_include=["status", "symbol"]
+        ),
+        # Unique because id is (no index of its own): `if-` and the id's hex digits.
+        CheckConstraint(
+            "idempotency_key = 'if-' || replace(id::text, '-', '')",
+            name="ck_order_intents_idempotency_key_of_id",
+        ),
     )
 
     id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), primary_key=True))
-    signal_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False, unique=True))
-    idempotency_key: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    signal_id: uuid.UUID = Field(sa_column=Column(UUID(as_uuid=True), nullable=False))
+    idempotency_key: str = Field(sa_column=Column(String(64), nullable=False))
     symbol: str = Field(sa_column=Column(String(32), nullable=False))
     side: str = Field(sa_column=Column(String(4), nullable=False))
     strategy: str = Field(sa_column=Column(String(64), nullable=False))

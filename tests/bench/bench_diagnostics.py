@@ -35,7 +35,7 @@ PLANT_INTENTS = f"""
 INSERT INTO order_intents (id, signal_id, idempotency_key, symbol, side, strategy, source, price,
                            quantity, status, decision_type, reason_code, reason_message,
                            emitted_at, decided_at, created_at, updated_at)
-SELECT md5('intent' || g)::uuid, md5('signal' || g)::uuid, 'key-' || g,
+SELECT md5('intent' || g)::uuid, md5('signal' || g)::uuid, 'if-' || md5('intent' || g),
        (ARRAY['BTC_USDT', 'ETH_USDT', 'SOL_USDT', 'XRP_USDT'])[1 + g % 4],
        CASE WHEN g % 2 = 0 THEN 'BUY' ELSE 'SELL' END, 'rsi_ema:' || (g % 7), 'strategy', 50000, 0.002,
        s.status, s.decision_type, s.reason_code, 'planted',

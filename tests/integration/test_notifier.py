@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from services.notifier.app import build_app
 from services.orchestrator.decide import intent_id_for
+from services.orchestrator.exchanges.base import client_order_id
 from shared.events import OrderDecided, SignalEmitted
 from shared.streams import StreamNames, encode_entry
 from tests.support.eventually import eventually
@@ -63,7 +64,7 @@ async def plant_intent(pool: asyncpg.Pool, event: OrderDecided) -> None:
         " VALUES ($1, $2, $3, $4, $5, 'test', 1, $6, $7, $8, $9, now(), now())",
         event.intent_id,
         event.signal_id,
-        str(event.intent_id),
+        client_order_id(event.intent_id),
         event.symbol,
         event.side.value,
         event.status.value,

@@ -277,9 +277,9 @@ async def test_the_batch_read_probes_indexes_on_a_table_never_analyzed(pool: asy
     await pool.execute(
         "INSERT INTO order_intents (id, signal_id, idempotency_key, symbol, side, strategy, source,"
         " price, status, emitted_at)"
-        " SELECT gen_random_uuid(), gen_random_uuid(), 'k' || g, 'BTC_USDT', 'BUY', 's' || g,"
+        " SELECT id, gen_random_uuid(), 'if-' || replace(id::text, '-', ''), 'BTC_USDT', 'BUY', 's' || g,"
         "  'strategy', 50000, 'ORDER_PLACED', now() - g * interval '1 second'"
-        " FROM generate_series(1, 6000) AS g"
+        " FROM (SELECT g, gen_random_uuid() AS id FROM generate_series(1, 6000) AS g) AS i"
     )
     ids = [r["signal_id"] for r in await pool.fetch("SELECT signal_id FROM order_intents LIMIT 100")]
     keys = [("BTC_USDT", "BUY", f"s{g}") for g in range(1, 101)]

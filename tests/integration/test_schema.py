@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+
 import asyncpg
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -33,3 +36,18 @@ async def test_tables_py_matches_the_migrations(database_url: str) -> None:
         if not (isinstance(d, tuple) and d[0] == "remove_table" and d[1].name == "alembic_version")
     ]
     assert relevant == []
+
+
+async def test_an_intent_key_is_its_id_and_a_signal_has_one_intent(pool: asyncpg.Pool) -> None:
+    insert = (
+        "INSERT INTO order_intents (id, signal_id, idempotency_key, symbol, side, strategy, price, status,"
+        " emitted_at)"
+        " VALUES ($1, $2, $3, 'BTC_USDT', 'BUY', 's', 1, 'PENDING', now())"
+    )
+    first, signal = uuid.uuid4(), uuid.uuid4()
+    await pool.execute(insert, first, signal, f"if-{first.hex}")
+    other = uuid.uuid4()
+    with pytest.raises(asyncpg.CheckViolationError):  # a key not derived from the id
+        await pool.execute(insert, other, uuid.uuid4(), f"if-{first.hex}")
+    with pytest.raises(asyncpg.UniqueViolationError):  # a second intent for the signal
+        await pool.execute(insert, other, signal, f"if-{other.hex}")

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from services.orchestrator.exchanges.base import client_order_id
+
 MIN = 60.0
 HOUR = 3600.0
 DECISIONS = {
@@ -45,6 +47,7 @@ class Plant:
     ) -> uuid.UUID:
         """Insert an order intent with the decision its status implies; return its signal_id."""
         signal_id = signal_id or uuid.uuid4()
+        intent_id = uuid.uuid4()
         decision_type, reason_code = DECISIONS[status]
         decided = await self.at(decided_ago) if decided_ago is not None else None
         updated = await self.at(updated_ago if updated_ago is not None else (decided_ago or 0))
@@ -52,9 +55,9 @@ class Plant:
             "INSERT INTO order_intents (id, signal_id, idempotency_key, symbol, side, strategy, price,"
             " status, decision_type, reason_code, reason_message, emitted_at, decided_at, created_at,"
             " updated_at) VALUES ($1, $2, $3, $4, $5, 'test', 100, $6, $7, $8, 'planted', $9, $10, $9, $11)",
-            uuid.uuid4(),
+            intent_id,
             signal_id,
-            uuid.uuid4().hex,
+            client_order_id(intent_id),
             symbol,
             side,
             status,

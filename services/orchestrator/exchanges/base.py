@@ -11,7 +11,10 @@ from shared.events import FailureClass, Side
 
 
 def client_order_id(intent_id: uuid.UUID) -> str:
-    """Derive the client order id from the intent id (36 chars of [A-Za-z0-9-], Binance's limit)."""
+    """Derive the client order id from the intent id (36 chars of [A-Za-z0-9-], Binance's limit).
+
+    It is the intent's idempotency_key, which a CHECK on order_intents holds to exactly this.
+    """
     return f"if-{intent_id.hex}"
 
 
