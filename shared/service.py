@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -40,8 +41,18 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+# The cyclic garbage collector's thresholds in a service process. Python's default (700, 10, 10)
+# walks the young objects after every 700 net allocations: a batch's objects (events, plans,
+# rows: ~100 per signal, alive for the batch's few milliseconds) were walked several times
+# and promoted before they died, ~10 % of the orchestrator's CPU (perf). At 20,000 most die
+# first; what is walked is what lives. Memory is unchanged: garbage without cycles is freed
+# at once, whatever the thresholds.
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
 def run_service(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run a service's main coroutine under uvloop (when present) until SIGTERM/SIGINT."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
     async def runner() -> None:
         stop = asyncio.Event()
