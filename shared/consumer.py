@@ -68,6 +68,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.TooManyConnectionsError,
     asyncpg.exceptions.OperatorInterventionError,
+    # PostgreSQL ended this transaction to break a lock cycle with another: nothing of it was
+    # written, and the same work succeeds when tried again.
+    asyncpg.exceptions.DeadlockDetectedError,
 )
 
 

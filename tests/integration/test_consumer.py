@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
+import asyncpg
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -37,6 +38,7 @@ class Recorder:
         self.done: list[str] = []
         self.fail_always: set[str] = set()
         self.transient_left = 0
+        self.transient: Exception = RetryLater("database briefly away")
         self.deliveries: dict[str, list[int]] = {}
 
     async def __call__(self, batch: list[Delivery[SignalEmitted]]) -> None:
@@ -48,7 +50,7 @@ class Recorder:
                 raise ValueError(f"cannot handle {sid}")
         if self.transient_left > 0:
             self.transient_left -= 1
-            raise RetryLater("database briefly away")
+            raise self.transient
         self.done.extend(str(d.event.signal_id) for d in batch)
 
 
@@ -128,6 +130,20 @@ async def test_a_transient_failure_is_retried_in_place_and_not_counted(redis, na
         await eventually(lambda: _done(recorder), until=lambda d: d == [str(sig.signal_id)])
         await eventually(lambda: pending(redis, names), until=lambda n: n == 0)
     assert recorder.seen[str(sig.signal_id)] == 4
+    assert await redis.xlen(names.dead_letter) == 0
+
+
+async def test_a_deadlock_victim_is_retried_in_place_and_not_counted(redis, names) -> None:
+    sig = signal()
+    recorder = Recorder()
+    recorder.transient = asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+    recorder.transient_left = 2
+    async with running(make_consumer(redis, names, recorder, "c1", max_deliveries=1)):
+        await xadd(redis, names.signals, sig)
+        await eventually(lambda: _done(recorder), until=lambda d: d == [str(sig.signal_id)])
+        await eventually(lambda: pending(redis, names), until=lambda n: n == 0)
+    assert recorder.seen[str(sig.signal_id)] == 3
+    assert recorder.deliveries[str(sig.signal_id)] == [1, 1, 1]  # never redelivered, never counted
     assert await redis.xlen(names.dead_letter) == 0
 
 

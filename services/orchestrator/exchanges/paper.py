@@ -170,7 +170,11 @@ def read_balances_ctes(param: str, name: str) -> str:
     statement's start; an asset nobody holds yet reads as absent, i.e. 0).
 
     The missing ones get their row (0) too, so a fill's write finds a row to move: DO NOTHING
-    locks no existing row; a new one stays this transaction's until it ends.
+    locks no existing row; a new one stays this transaction's until it ends. That takes the new
+    row ahead of the asset order the writes keep, so a batch that meanwhile locked balances
+    in its read (after a refused commit) can meet this one in a cycle; PostgreSQL ends one of
+    the two (DeadlockDetectedError), which the consumer retries as an outage. Only while a
+    new asset appears.
     """
     return (
         "paper_created AS (INSERT INTO paper_balances (asset, amount)"
@@ -217,15 +221,15 @@ def fill_write(new_orders: Sequence[PaperOrder]) -> FillWrite | None:
     moved: dict[str, Decimal] = {}
     for n in new_orders:
         sign = 1 if n.request.side is Side.BUY else -1
-        moved[n.fill.base] = moved.get(n.fill.base, Decimal(0)) + sign * n.fill.quantity
-        moved[n.fill.quote] = moved.get(n.fill.quote, Decimal(0)) - sign * n.fill.quote_amount
+        moved[n.fill.base] = moved.get(n.fill.base, _ZERO) + sign * n.fill.quantity
+        moved[n.fill.quote] = moved.get(n.fill.quote, _ZERO) - sign * n.fill.quote_amount
     # A client order id already present raises (unique key): never two fills for one intent.
     return FillWrite(
         "paper_fills AS ("
         " INSERT INTO paper_orders (id, client_order_id, symbol, side, price, quantity, quote_amount)"
         " SELECT r->>0, r->>1, r->>2, r->>3, (r->>4)::numeric, (r->>5)::numeric, (r->>6)::numeric"
         " FROM jsonb_array_elements($1::text::jsonb) AS r),"
-        # The balance rows exist: the batch read created the missing ones (read_balances_sql).
+        # The balance rows exist: the batch read created the missing ones (read_balances_ctes).
         # Locked in asset order first, so racing batches never wait on each other in a cycle.
         " paper_locked AS ("
         " SELECT asset FROM paper_balances WHERE asset IN"
@@ -314,7 +318,7 @@ class PaperExchange:
         """Fill orders of intents the caller's transaction is inserting; return results and writes.
 
         `held`: the balances of every asset these orders may move, as the caller's transaction
-        read them (read_balances_sql), or locked them (lock_balances_sql); updated in place. The
+        read them (read_balances_ctes), or locked them (lock_balances_sql); updated in place. The
         caller runs the writes (write_fills, or as CTEs of its own insert), so intents and orders
         commit or roll back together. Read unlocked, a balance may have moved by commit time:
         should that leave an asset below zero, the writes fail on BALANCE_NOT_NEGATIVE and the
