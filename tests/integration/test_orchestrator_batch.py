@@ -127,16 +127,24 @@ async def test_racing_pipelines_keep_one_intent_per_signal_and_the_window_exact(
     assert usdt == Decimal("1000000") - 100 * len(strategies)
 
 
-async def test_racing_batches_of_distinct_keys_move_the_balances_exactly(make_settings, pool, names) -> None:
-    # No dedup key in common: only the balance locks taken by the batch read order them.
-    settings = make_settings(PAPER_BALANCES="USDT=1000000").trading
+async def _race_buys(
+    pool: asyncpg.Pool, names: StreamNames, settings: TradingSettings, per_batch: int
+) -> None:
+    """Eight batches of BTC buys, no dedup key in common, raced on four pipelines."""
     pipelines = [await _pipeline(pool, names, settings) for _ in range(4)]
     batches = [
-        _batch(*(signal("BTC_USDT", "BUY", "50000", f"bal:{uuid.uuid4().hex[:8]}") for _ in range(25)))
+        _batch(
+            *(signal("BTC_USDT", "BUY", "50000", f"race:{uuid.uuid4().hex[:8]}") for _ in range(per_batch))
+        )
         for _ in range(8)
     ]
-
     await asyncio.gather(*(pipelines[i % 4].handle(b) for i, b in enumerate(batches)))
+
+
+async def test_racing_batches_of_distinct_keys_move_the_balances_exactly(make_settings, pool, names) -> None:
+    # No dedup key in common: only the balance rows, taken in asset order by each batch's
+    # write, order them.
+    await _race_buys(pool, names, make_settings(PAPER_BALANCES="USDT=1000000").trading, per_batch=25)
 
     statuses = await _statuses(pool)
     assert [s for s, _ in statuses.values()].count("ORDER_PLACED") == 200
@@ -150,14 +158,7 @@ async def test_racing_batches_that_overspend_fill_only_what_the_balance_holds(
     make_settings, pool, names
 ) -> None:
     # 1,000 USDT buys ten orders of 100; forty race for them in eight batches on four pipelines.
-    settings = make_settings(PAPER_BALANCES="USDT=1000").trading
-    pipelines = [await _pipeline(pool, names, settings) for _ in range(4)]
-    batches = [
-        _batch(*(signal("BTC_USDT", "BUY", "50000", f"over:{uuid.uuid4().hex[:8]}") for _ in range(5)))
-        for _ in range(8)
-    ]
-
-    await asyncio.gather(*(pipelines[i % 4].handle(b) for i, b in enumerate(batches)))
+    await _race_buys(pool, names, make_settings(PAPER_BALANCES="USDT=1000").trading, per_batch=5)
 
     statuses = [s for s, _ in (await _statuses(pool)).values()]
     assert statuses.count("ORDER_PLACED") == 10
