@@ -45,8 +45,9 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
 # walks the young objects after every 700 net allocations: a batch's objects (events, plans,
 # rows: ~100 per signal, alive for the batch's few milliseconds) were walked several times
 # and promoted before they died, ~10 % of the orchestrator's CPU (perf). At 20,000 most die
-# first; what is walked is what lives. Memory is unchanged: garbage without cycles is freed
-# at once, whatever the thresholds.
+# first; what is walked is what lives. Garbage without cycles is freed at once, whatever the
+# thresholds; only cyclic garbage waits longer (the bench's RSS did not move: 82 MB for the
+# orchestrator, 112 MB for the notifier, both flat).
 GC_THRESHOLDS = (20_000, 20, 20)
 
 
