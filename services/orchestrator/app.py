@@ -83,7 +83,9 @@ class OrchestratorApp:
                 model=SignalEmitted,
                 handler=pipeline.handle,
                 dead_letter=names.dead_letter,
-                settings=settings.consumer,
+                settings=settings.consumer.model_copy(
+                    update={"batch_size": settings.consumer.orchestrator_batch_size}
+                ),
                 name=self.name,
                 health=self.health,
                 dead_letter_maxlen=settings.runtime.stream_maxlen,

@@ -102,7 +102,7 @@ async def acked_signal_ids(redis: Redis, names: StreamNames, group: str) -> set[
 async def test_orchestrator_sigterm_mid_batch_acks_only_what_it_committed(
     service_env, sandbox, tmp_path, redis: Redis, names: StreamNames, pool: asyncpg.Pool
 ) -> None:
-    env = {**full_env(service_env, sandbox.url), "CONSUMER_BATCH_SIZE": "50"}
+    env = {**full_env(service_env, sandbox.url), "CONSUMER_BATCH_SIZE": "50", "ORCHESTRATOR_BATCH_SIZE": "50"}
     sigs = [make_signal() for _ in range(400)]
     first = start("orchestrator", env, tmp_path / "logs")
     await await_log(first, READY_LOGS["orchestrator"], timeout=60)

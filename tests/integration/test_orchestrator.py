@@ -172,3 +172,20 @@ async def test_a_consumer_recreates_a_lost_group(make_settings, pool, redis, nam
 
 async def test_each_test_gets_its_own_database(pool) -> None:
     assert await pool.fetchval("SELECT count(*) FROM order_intents") == 0
+
+
+async def test_the_orchestrator_reads_batches_of_its_own_size(make_settings, pool, redis, names) -> None:
+    # A backlog of 12, read 5 at a time (CONSUMER_BATCH_SIZE is the other consumers'): three
+    # batches, each decided in one transaction, whose now() is its intents' decided_at.
+    sigs = [signal(strategy=f"size:{uuid.uuid4().hex[:6]}") for _ in range(12)]
+    for sig in sigs:
+        await xadd(redis, names.signals, sig)
+    settings = make_settings(ORCHESTRATOR_BATCH_SIZE=5, CONSUMER_BATCH_SIZE=1, ORCHESTRATOR_IN_FLIGHT=1)
+    async with running(build_app(settings)):
+        await eventually(
+            lambda: pool.fetchval("SELECT count(*) FROM order_intents WHERE decided_at IS NOT NULL"),
+            until=lambda n: n == len(sigs),
+            what="every signal decided",
+        )
+    sizes = await pool.fetch("SELECT count(*) AS n FROM order_intents GROUP BY decided_at ORDER BY min(emitted_at)")
+    assert [r["n"] for r in sizes] == [5, 5, 2]
