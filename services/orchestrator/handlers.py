@@ -223,8 +223,8 @@ def _log_decided(decided: Sequence[intents.IntentRow]) -> None:
         "intent decided",
         (
             {
-                "signal_id": str(row.signal_id),
-                "intent_id": str(row.id),
+                "signal_id": row.signal_id,  # uuids: the JSON lines write them as text
+                "intent_id": row.id,
                 "symbol": row.symbol,
                 "status": row.status,
                 "reason_code": row.reason_code,

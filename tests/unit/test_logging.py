@@ -11,6 +11,7 @@ import secrets
 import subprocess
 import sys
 import textwrap
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,12 @@ def test_log_each_writes_the_lines_one_call_per_row_writes(fmt: str) -> None:
         f"""
         from shared.logging import log_each
         structlog.contextvars.bind_contextvars(consumer="c-1")
-        rows = [dict(signal_id=f"s-{{i}}", symbol="BTC_USDT", note={secret!r} if i == 1 else None) for i in range(3)]
+        import uuid
+        rows = [
+            dict(signal_id=uuid.UUID(int=i), symbol="BTC_USDT", note={secret!r} if i == 1 else None)
+            | (dict(consumer="its-own") if i == 2 else {{}})
+            for i in range(3)
+        ]
         for row in rows:
             log.info("intent decided", **row)
         log_each(log, "info", "intent decided", rows)
@@ -241,8 +247,10 @@ def test_log_each_writes_the_lines_one_call_per_row_writes(fmt: str) -> None:
         for line in one_by_one + at_once:
             line.pop("timestamp")
         assert at_once == one_by_one
-        assert [line["signal_id"] for line in at_once] == ["s-0", "s-1", "s-2"]
+        assert [line["signal_id"] for line in at_once] == [str(uuid.UUID(int=i)) for i in range(3)]
         assert at_once[0]["service"] == "orchestrator" and at_once[0]["consumer"] == "c-1"
+        assert at_once[2]["consumer"] == "its-own"  # a row's own field wins over the context's
     else:
         # Console lines start with their timestamp; the rest is the same.
         assert [line.split(" ", 2)[2] for line in lines[3:]] == [line.split(" ", 2)[2] for line in lines[:3]]
+        assert f"signal_id={uuid.UUID(int=0)}" in lines[3] and "UUID(" not in out
