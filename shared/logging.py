@@ -274,7 +274,7 @@ def _log_each_json(
     now = datetime.now(UTC)
     out: list[str] = []
     for row in rows:
-        event_dict: dict[str, Any] = {**context, **row, "event": event}
+        event_dict: MutableMapping[str, Any] = {**context, **row, "event": event}
         for key, value in extra.items():
             event_dict.setdefault(key, value)
         event_dict["level"] = level

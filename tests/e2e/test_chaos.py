@@ -132,7 +132,12 @@ async def test_a_sigkilled_orchestrators_batch_is_claimed_and_its_name_removed(
     from tests.support.pipeline import signal, xadd
     from tests.support.procs import await_log
 
-    env = {**full_env(service_env, sandbox.url), "CONSUMER_BATCH_SIZE": "50", "ORCHESTRATOR_BATCH_SIZE": "50", "CLAIM_IDLE_MS": "1000"}
+    env = {
+        **full_env(service_env, sandbox.url),
+        "CONSUMER_BATCH_SIZE": "50",
+        "ORCHESTRATOR_BATCH_SIZE": "50",
+        "CLAIM_IDLE_MS": "1000",
+    }
     sigs = [signal() for _ in range(400)]
     victim = start("orchestrator", env, tmp_path / "logs")
     await await_log(victim, READY_LOGS["orchestrator"], timeout=60)

@@ -187,5 +187,7 @@ async def test_the_orchestrator_reads_batches_of_its_own_size(make_settings, poo
             until=lambda n: n == len(sigs),
             what="every signal decided",
         )
-    sizes = await pool.fetch("SELECT count(*) AS n FROM order_intents GROUP BY decided_at ORDER BY min(emitted_at)")
+    sizes = await pool.fetch(
+        "SELECT count(*) AS n FROM order_intents GROUP BY decided_at ORDER BY min(emitted_at)"
+    )
     assert [r["n"] for r in sizes] == [5, 5, 2]
