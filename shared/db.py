@@ -124,12 +124,19 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 5) -> asyn
     return pool
 
 
-async def wait_for_pool(url: str, *, stop: asyncio.Event | None = None, log: Any = None) -> asyncpg.Pool:
+async def wait_for_pool(
+    url: str,
+    *,
+    stop: asyncio.Event | None = None,
+    log: Any = None,
+    min_size: int = 1,
+    max_size: int = 5,
+) -> asyncpg.Pool:
     """Open a pool, retrying with backoff while PostgreSQL is unreachable."""
     delay = 0.2
     while True:
         try:
-            return await create_pool(url)
+            return await create_pool(url, min_size=min_size, max_size=max_size)
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             if stop is not None and stop.is_set():
                 raise

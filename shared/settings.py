@@ -57,8 +57,8 @@ class ConsumerSettings(_Base):
     orchestrator_batch_size: int = Field(default=1000, ge=1, le=5000, alias="ORCHESTRATOR_BATCH_SIZE")
     block_ms: int = Field(default=1000, ge=10, le=10_000, alias="CONSUMER_BLOCK_MS")
     # Batches one orchestrator process decides at once (it reads the next while earlier ones
-    # wait on PostgreSQL; each holds one of the pool's 5 connections until it commits); the
-    # notifier always takes one at a time, in order, per chat.
+    # wait on PostgreSQL; each holds one of the pool's connections, in_flight + 1 of them,
+    # until it commits); the notifier always takes one at a time, in order, per chat.
     orchestrator_in_flight: int = Field(default=4, ge=1, le=8, alias="ORCHESTRATOR_IN_FLIGHT")
 
 

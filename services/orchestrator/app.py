@@ -60,7 +60,12 @@ class OrchestratorApp:
         redis_url, database_url = resolve_urls(settings)
         names = streams.StreamNames(settings.runtime.stream_prefix)
         own_pool = self.pool is None
-        pool = self.pool or await wait_for_pool(database_url, stop=stop, log=log)
+        # A connection for each batch in flight, opened now rather than when the first backlog
+        # arrives, and one more for the exchange and the live path's decisions.
+        in_flight = settings.consumer.orchestrator_in_flight
+        pool = self.pool or await wait_for_pool(
+            database_url, stop=stop, log=log, min_size=in_flight + 1, max_size=max(5, in_flight + 1)
+        )
         redis = self.redis or create_redis(redis_url)
         try:
             await require_schema(pool)

@@ -191,3 +191,14 @@ async def test_the_orchestrator_reads_batches_of_its_own_size(make_settings, poo
         "SELECT count(*) AS n FROM order_intents GROUP BY decided_at ORDER BY min(emitted_at)"
     )
     assert [r["n"] for r in sizes] == [5, 5, 2]
+
+
+async def test_the_orchestrator_opens_a_connection_per_batch_in_flight_at_start(
+    make_settings, pool, redis, names
+) -> None:
+    # Opened before the first backlog arrives (a drain does not pay for connecting), one more
+    # for the exchange and the live path's decisions.
+    count = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    before = await pool.fetchval(count)
+    async with running(build_app(make_settings(ORCHESTRATOR_IN_FLIGHT=6))):
+        await eventually(lambda: pool.fetchval(count), until=lambda n: n == before + 7, what="7 connections")
