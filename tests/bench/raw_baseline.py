@@ -4,11 +4,13 @@ The loop reads the stream in a consumer group (XREADGROUP COUNT 100), writes eac
 batch with one `INSERT … SELECT unnest(…) ON CONFLICT DO NOTHING` and acknowledges
 it with one XACK. Nothing else: no validation, no dedup, no orders, no events.
 
-`measure()` runs it as its own OS process (as the orchestrator runs) twice:
-- drain: N signals are published first; the process then drains them and reports
+It runs as its own OS process (as the orchestrator runs), measured two ways:
+- `drain()`: N signals are published first; the process then drains them and reports
   events/s from its first read to its last XACK;
-- latency: the process consumes while signals are published at a steady rate; each
+- `latency()`: the process consumes while signals are published at a steady rate; each
   row keeps `clock_timestamp()` at insert, so latency = row written - signal emitted.
+`make bench` interleaves its drains with the orchestrator's (tests/bench/run.py); `measure()`
+runs one of each alone.
 
 Run alone: `python -m tests.bench.raw_baseline` (REDIS_URL and an admin DATABASE_URL).
 """
@@ -149,6 +151,51 @@ def _finish(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+async def prepare(database_url: str) -> None:
+    """Create the loop's table."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(TABLE)
+    finally:
+        await conn.close()
+
+
+async def drain(redis: Redis, redis_url: str, database_url: str, stream: str, events: int) -> dict[str, Any]:
+    """Publish `events` signals to a new stream, then time the loop (its own process) draining them."""
+    proc = _start(redis_url, database_url, stream, events, drain=True)
+    entries = [signal_entry(i, "raw") for i in range(events)]
+    await publish_burst(redis, stream, entries)
+    drained = await asyncio.to_thread(_finish, proc, 300)
+    progress(f"raw loop drained {events} events at {drained['per_s']:.0f}/s")
+    return {
+        "per_s": round(drained["per_s"]),
+        "cpu_us_per_event": {k: round(v / events * 1e6, 1) for k, v in drained["cpu_s"].items()},
+    }
+
+
+async def latency(
+    redis: Redis, redis_url: str, database_url: str, stream: str, *, rate: float, seconds: float
+) -> dict[str, Any]:
+    """Run the loop while signals are published at `rate` for `seconds`: latency = row written - published."""
+    total = int(rate * seconds)
+    proc = _start(redis_url, database_url, stream, total, drain=False)
+    published = await publish_at_rate(redis, stream, rate, seconds, lambda i: signal_entry(i, "rawlat"))
+    await asyncio.to_thread(_finish, proc, 120)
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT signal_id::text AS id, extract(epoch FROM written_at) AS at FROM raw_signals"
+            " WHERE signal_id = ANY($1::uuid[])",
+            list(published),
+        )
+    finally:
+        await conn.close()
+    latencies = [(float(r["at"]) - published[r["id"]]) * 1000 for r in rows]
+    result = percentiles(latencies)
+    progress(f"raw loop latency at {rate:.0f}/s: {result}")
+    return {"raw_latency_ms": result, "raw_latency_events": len(latencies)}
+
+
 async def measure(
     redis_url: str,
     database_url: str,
@@ -158,43 +205,18 @@ async def measure(
     rate: float = 1000.0,
     seconds: float = 20.0,
 ) -> dict[str, Any]:
-    """Measure the bare loop: drain throughput over `events`, latency at `rate` for `seconds`."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(TABLE)
-    finally:
-        await conn.close()
+    """Measure the bare loop alone: drain throughput over `events`, latency at `rate` for `seconds`."""
+    await prepare(database_url)
     redis = Redis.from_url(redis_url)
     try:
-        stream = f"{prefix}raw-drain"
-        proc = _start(redis_url, database_url, stream, events, drain=True)
-        entries = [signal_entry(i, "raw") for i in range(events)]
-        await publish_burst(redis, stream, entries)
-        drained = await asyncio.to_thread(_finish, proc, 300)
-        progress(f"raw loop drained {events} events at {drained['per_s']:.0f}/s")
-
-        stream = f"{prefix}raw-latency"
-        total = int(rate * seconds)
-        proc = _start(redis_url, database_url, stream, total, drain=False)
-        published = await publish_at_rate(redis, stream, rate, seconds, lambda i: signal_entry(i, "rawlat"))
-        await asyncio.to_thread(_finish, proc, 120)
-        conn = await asyncpg.connect(database_url)
-        try:
-            rows = await conn.fetch(
-                "SELECT signal_id::text AS id, extract(epoch FROM written_at) AS at FROM raw_signals"
-                " WHERE signal_id = ANY($1::uuid[])",
-                list(published),
-            )
-        finally:
-            await conn.close()
-        latencies = [(float(r["at"]) - published[r["id"]]) * 1000 for r in rows]
-        latency = percentiles(latencies)
-        progress(f"raw loop latency at {rate:.0f}/s: {latency}")
+        drained = await drain(redis, redis_url, database_url, f"{prefix}raw-drain", events)
+        late = await latency(
+            redis, redis_url, database_url, f"{prefix}raw-latency", rate=rate, seconds=seconds
+        )
         return {
-            "raw_baseline_per_s": round(drained["per_s"]),
-            "raw_cpu_us_per_event": {k: round(v / events * 1e6, 1) for k, v in drained["cpu_s"].items()},
-            "raw_latency_ms": latency,
-            "raw_latency_events": len(latencies),
+            "raw_baseline_per_s": drained["per_s"],
+            "raw_cpu_us_per_event": drained["cpu_us_per_event"],
+            **late,
         }
     finally:
         await redis.aclose()
