@@ -273,6 +273,8 @@ async def insert_plans(
     # The rows are what was sent; only the ones inserted come back, with the server's time.
     sent = {p.signal.signal_id: (p, d, o) for p, d, o in zip(plans, decisions, extra, strict=True)}
     out: list[IntentRow] = []
+    # The enum members themselves (StrEnum: each is its value as a str): `.value` is a property
+    # in Python, four a row.
     for signal_id, decided_at in rows:
         p, d, o = sent[signal_id]
         out.append(
@@ -280,11 +282,11 @@ async def insert_plans(
                 p.intent_id,
                 signal_id,
                 p.signal.symbol,
-                p.signal.side.value,
+                p.signal.side,
                 p.signal.price,
-                d.status.value if d else IntentStatus.PENDING.value,
-                d.decision_type.value if d else None,
-                d.reason_code.value if d else None,
+                d.status if d else IntentStatus.PENDING,
+                d.decision_type if d else None,
+                d.reason_code if d else None,
                 d.reason_message if d else None,
                 o.exchange_order_id if o else None,
                 decided_at,

@@ -13,6 +13,7 @@ from services.orchestrator.decide import (
     dedup_key,
     failed,
     intent_id_for,
+    intent_ids_for,
     placed,
     plan_signals,
 )
@@ -91,8 +92,11 @@ def test_intent_and_client_order_ids_derive_from_the_signal() -> None:
 
 def test_intent_id_is_the_uuid5_of_the_signal_id() -> None:
     # Ids recorded by earlier releases were uuid.uuid5(INTENT_NAMESPACE, str(signal_id)).
-    for signal_id in [uuid.UUID(int=0), uuid.UUID(int=(1 << 128) - 1), *(uuid.uuid4() for _ in range(2000))]:
+    signal_ids = [uuid.UUID(int=0), uuid.UUID(int=(1 << 128) - 1), *(uuid.uuid4() for _ in range(2000))]
+    for signal_id in signal_ids:
         assert intent_id_for(signal_id) == uuid.uuid5(INTENT_NAMESPACE, str(signal_id))
+    assert intent_ids_for(signal_ids) == [uuid.uuid5(INTENT_NAMESPACE, str(s)) for s in signal_ids]
+    assert intent_ids_for([]) == []
 
 
 @pytest.mark.parametrize("failure", list(FailureClass))
