@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from services.orchestrator.exchanges.base import OrderRequest, OrderResult
+from services.orchestrator.exchanges.base import OrderRequest, OrderResult, client_order_id
 from shared.db import json_rows
 from shared.events import FailureClass, Side
 
@@ -105,7 +105,7 @@ def fill_batch(
     # The order ids' randomness, drawn once for the batch (a system call each was ~1 µs an order).
     random = os.urandom(16 * len(orders)).hex()
     for n, order in enumerate(orders):
-        cid = order.client_order_id
+        cid = client_order_id(order.intent_id)
         previous = filled.get(cid)
         if previous is not None:
             results.append(OrderResult.ok(previous[0], previous[1], "order already filled"))
@@ -123,13 +123,8 @@ def fill_batch(
         order_id = f"paper-{random[32 * n : 32 * n + 32]}"
         new_orders.append(PaperOrder(order_id, cid, order, outcome))
         filled[cid] = (order_id, outcome.quantity)
-        results.append(
-            OrderResult.ok(
-                order_id,
-                outcome.quantity,
-                f"paper {order.side} {outcome.quantity} {outcome.base} at {order.price.normalize():f}",
-            )
-        )
+        message = f"paper {order.side} {outcome.quantity} {outcome.base} at {order.price.normalize():f}"
+        results.append(OrderResult(True, order_id, outcome.quantity, None, message))  # OrderResult.ok
     return results, new_orders
 
 
