@@ -48,6 +48,8 @@ from shared.settings import ConsumerSettings
 from shared.streams import EVENT_FIELD, encode_entry
 
 E = TypeVar("E", bound=BaseModel)
+Entry = tuple[str, dict[str, str] | None]
+"""A stream entry as XREADGROUP replies parse it: its id and fields (None once deleted)."""
 T = TypeVar("T")
 log = get_logger("intentflow.consumer")
 
@@ -195,7 +197,7 @@ class StreamConsumer(Generic[E]):
         self.health = health or ConsumerHealth()
         self.dead_letter_maxlen = dead_letter_maxlen
         self.in_flight = max(1, in_flight)
-        self._batches: set[asyncio.Task[None]] = set()
+        self._batches: set[asyncio.Task[list[Entry]]] = set()
         self._claim_every = max(0.05, min(settings.claim_idle_ms / 2000, 5.0))
         self._ack_and_publish_script: AsyncScript = redis.register_script(_ACK_AND_PUBLISH)
         self.log = log.bind(stream=stream, group=group, consumer=self.name)
@@ -223,6 +225,9 @@ class StreamConsumer(Generic[E]):
         backoff = 0.1
         next_claim = 0.0
         group_ready = False
+        # Entries a batch's settlement read for us (read with its acknowledgement, one round
+        # trip instead of two): the next batch, handled without a read of its own.
+        prefetched: list[Entry] = []
         while not stop.is_set():
             try:
                 await self._settle_batches(wait_all=False)
@@ -232,19 +237,22 @@ class StreamConsumer(Generic[E]):
                 if time.monotonic() >= next_claim:
                     await self.claim_round(stop)
                     next_claim = time.monotonic() + self._claim_every
-                response: Any = await self.redis.xreadgroup(
-                    self.group,
-                    self.name,
-                    {self.stream: ">"},
-                    count=self.settings.batch_size,
-                    block=self.settings.block_ms,
-                )
-                self._mark_ok()
-                backoff = 0.1
-                entries = response[0][1] if response else []
+                if prefetched:
+                    entries, prefetched = prefetched, []
+                else:
+                    response: Any = await self.redis.xreadgroup(
+                        self.group,
+                        self.name,
+                        {self.stream: ">"},
+                        count=self.settings.batch_size,
+                        block=self.settings.block_ms,
+                    )
+                    self._mark_ok()
+                    backoff = 0.1
+                    entries = response[0][1] if response else []
                 if entries and (self.in_flight == 1 or len(entries) < self.settings.batch_size):
                     # No backlog: handle it now, so what arrives meanwhile makes one larger batch.
-                    await self.process(entries, {}, stop)
+                    prefetched = await self.process(entries, {}, stop, read_next=self.settings.batch_size)
                 elif entries:
                     # A full batch: more is waiting, read it while this one waits on its commit.
                     self._batches.add(asyncio.create_task(self.process(entries, {}, stop)))
@@ -252,6 +260,7 @@ class StreamConsumer(Generic[E]):
                 if "NOGROUP" in str(exc):
                     self.log.warning("consumer group missing, recreating it")
                     group_ready = False
+                    prefetched = []  # read in the lost group: the new one delivers them again
                     continue
                 raise
             except Exception as exc:
@@ -292,8 +301,15 @@ class StreamConsumer(Generic[E]):
         entries: Sequence[tuple[str, dict[str, str] | None]],
         deliveries: dict[str, int],
         stop: asyncio.Event,
-    ) -> None:
-        """Decode entries, dead-letter the invalid ones, hand the rest to the handler, ack."""
+        *,
+        read_next: int = 0,
+    ) -> list[Entry]:
+        """Decode entries, dead-letter the invalid ones, hand the rest to the handler, ack.
+
+        With read_next, a batch settled by a Settlement also reads up to that many new entries
+        in the same script; they are returned (delivered to this consumer) for the caller to
+        process next. Otherwise, or when nothing was waiting, the result is empty.
+        """
         valid: list[Delivery[E]] = []
         dead: list[tuple[str, dict[str, str], str, int]] = []
         for entry_id, fields in entries:
@@ -317,13 +333,14 @@ class StreamConsumer(Generic[E]):
         if dead:
             await self.send_to_dead_letter(dead, stop)
         if valid:
-            await self._handle(valid, stop)
+            return await self._handle(valid, stop, read_next)
+        return []
 
-    async def _handle(self, batch: list[Delivery[E]], stop: asyncio.Event) -> None:
+    async def _handle(self, batch: list[Delivery[E]], stop: asyncio.Event, read_next: int = 0) -> list[Entry]:
         finished = asyncio.Event()
         lease = asyncio.create_task(self._keep_lease([d.entry_id for d in batch], finished))
         try:
-            await self._handle_leased(batch, stop)
+            return await self._handle_leased(batch, stop, read_next)
         finally:
             # The event, not only cancel(): a cancel landing inside redis-py's command can be
             # swallowed there, and the lease loop would then renew (and this await wait) forever.
@@ -345,7 +362,9 @@ class StreamConsumer(Generic[E]):
             with contextlib.suppress(Exception):  # Redis away: nobody can claim meanwhile either
                 await self.redis.eval(_RENEW_LEASE, 1, self.stream, self.group, self.name, *ids)
 
-    async def _handle_leased(self, batch: list[Delivery[E]], stop: asyncio.Event) -> None:
+    async def _handle_leased(
+        self, batch: list[Delivery[E]], stop: asyncio.Event, read_next: int = 0
+    ) -> list[Entry]:
         backoff = 0.1
         while True:
             try:
@@ -355,7 +374,7 @@ class StreamConsumer(Generic[E]):
                     self._mark_down(exc)
                     if stop.is_set():
                         self.log.info("stopping with entries unacknowledged", entries=len(batch))
-                        return
+                        return []
                     self.log.warning("transient failure, retrying", error=type(exc).__name__, delay_s=backoff)
                     await _sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, 5.0)
@@ -363,14 +382,14 @@ class StreamConsumer(Generic[E]):
                 if len(batch) > 1 and stop.is_set():
                     # Shutting down: release the batch (it stays pending) rather than start over.
                     self.log.info("stopping with a failed batch unacknowledged", entries=len(batch))
-                    return
+                    return []
                 if len(batch) > 1:
                     self.log.warning("batch failed, retrying its entries one by one", error=repr(exc)[:300])
                     for delivery in batch:
                         if stop.is_set():
-                            return
+                            return []
                         await self._handle_leased([delivery], stop)
-                    return
+                    return []
                 self.log.error(
                     "entry failed; it stays pending and is retried after CLAIM_IDLE_MS",
                     entry_id=batch[0].entry_id,
@@ -378,18 +397,21 @@ class StreamConsumer(Generic[E]):
                     deliveries=batch[0].deliveries,
                     error=repr(exc)[:500],
                 )
-                return
+                return []
+            following: list[Entry] = []
             if isinstance(result, Settlement):
                 settlement = result
                 done = [d.entry_id for d in batch if d.entry_id not in settlement.keep]
-                if (done or settlement.entries) and not await self.ack_and_publish(done, settlement, stop):
-                    return
+                if done or settlement.entries:
+                    settled, following = await self.settle(done, settlement, stop, read_next=read_next)
+                    if not settled:
+                        return []
             else:
                 done = [d.entry_id for d in batch if not result or d.entry_id not in result]
                 if done:
                     await self._ack(done, stop)
             self.health.processed += len(done)
-            return
+            return following
 
     async def _ack(self, ids: list[str], stop: asyncio.Event) -> None:
         await retry_outages(
@@ -400,6 +422,19 @@ class StreamConsumer(Generic[E]):
         """Publish the settlement's events and acknowledge ids in one atomic step, if still ours.
 
         Return False, having done nothing, when this consumer no longer owns every one of ids.
+        """
+        settled, _ = await self.settle(ids, settlement, stop)
+        return settled
+
+    async def settle(
+        self, ids: Sequence[str], settlement: Settlement, stop: asyncio.Event, *, read_next: int = 0
+    ) -> tuple[bool, list[Entry]]:
+        """ack_and_publish, and then, in the same script, read up to read_next new entries.
+
+        Returns whether it settled, and the entries read (now delivered to this consumer, as
+        XREADGROUP delivers them; none when it did not settle). Should the reply be lost, the
+        retry finds the batch settled and reads nothing: what the lost reply carried stays
+        pending, and a claim round hands it on after CLAIM_IDLE_MS.
         """
         if settlement.entries and not ids:
             raise ValueError(
@@ -417,22 +452,27 @@ class StreamConsumer(Generic[E]):
             orjson.dumps(
                 [[part for pair in fields.items() for part in pair] for fields in settlement.entries]
             ),
+            max(0, read_next),
         ]
-        not_owned: Any = await retry_outages(
+        reply: Any = await retry_outages(
             lambda: self._ack_and_publish_script(keys=[self.stream, settlement.stream], args=args),
             stop,
             on_outage=self._mark_down,
         )
-        if int(not_owned) > 0:
+        not_owned = int(reply[0])
+        if not_owned > 0:
             self.log.info(
                 "settle skipped: entries no longer this consumer's (settled by an earlier attempt, "
                 "or claimed by another consumer); nothing published, nothing acknowledged",
                 entries=len(ids),
-                not_owned=int(not_owned),
+                not_owned=not_owned,
                 events=len(settlement.entries),
             )
-            return False
-        return True
+            return False, []
+        following = [
+            (str(entry_id), _pairs(fields)) for entry_id, fields in (reply[1] if len(reply) > 1 else [])
+        ]
+        return True, following
 
     async def send_to_dead_letter(
         self, dead: Sequence[tuple[str, dict[str, str], str, int]], stop: asyncio.Event
@@ -485,7 +525,7 @@ class StreamConsumer(Generic[E]):
             self.stream, self.group, self.name, min_idle_time=idle, message_ids=list(previous)
         )
         over: list[tuple[str, dict[str, str], str, int]] = []
-        retry: list[tuple[str, dict[str, str] | None]] = []
+        retry: list[Entry] = []
         present = set()
         for entry_id, fields in claimed:
             present.add(entry_id)
@@ -539,8 +579,11 @@ return #owned
 # of them: after a lost reply (already acked) or a claim (another consumer handles them, and
 # publishes) it does nothing, so a retry or a claim never publishes an event twice.
 # KEYS: the consumed stream, the target stream. ARGV: group, consumer, maxlen ('' for none),
-# the ids as a JSON array, the entries as a JSON array of [name, value, name, value, …] arrays.
-# Returns how many ids this consumer does not own: 0 means published and acknowledged.
+# the ids as a JSON array, the entries as a JSON array of [name, value, name, value, …] arrays,
+# how many new entries to read after acknowledging (0: none).
+# Returns {not_owned}: how many ids this consumer does not own (nothing done), or {0} or
+# {0, entries} once published and acknowledged, entries being what XREADGROUP … > read next
+# (not blocking: a script cannot wait).
 # A script is not rolled back when a command fails: XACK comes last, so a failed XADD acks nothing.
 _ACK_AND_PUBLISH = """
 local ids = cjson.decode(ARGV[4])
@@ -550,7 +593,7 @@ for _, id in ipairs(ids) do
     not_owned = not_owned + 1
   end
 end
-if not_owned > 0 then return not_owned end
+if not_owned > 0 then return {not_owned} end
 for _, fields in ipairs(cjson.decode(ARGV[5])) do
   local xadd = {'XADD', KEYS[2]}
   if ARGV[3] ~= '' then
@@ -563,8 +606,19 @@ for _, fields in ipairs(cjson.decode(ARGV[5])) do
   redis.call(unpack(xadd))
 end
 if #ids > 0 then redis.call('XACK', KEYS[1], ARGV[1], unpack(ids)) end
-return 0
+if tonumber(ARGV[6]) > 0 then
+  local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[6], 'STREAMS', KEYS[1], '>')
+  if read then return {0, read[1][2]} end
+end
+return {0}
 """
+
+
+def _pairs(fields: Sequence[str] | None) -> dict[str, str] | None:
+    """An entry's [name, value, …] list as XREADGROUP replies parse it: a dict (None if deleted)."""
+    if fields is None:
+        return None
+    return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
 async def _sleep_or_stop(stop: asyncio.Event | None, seconds: float) -> None:

@@ -415,6 +415,79 @@ async def test_settling_again_after_a_lost_reply_publishes_nothing_more(redis, n
     assert await pending(redis, names) == 0
 
 
+async def test_settling_reads_the_next_entries_in_the_same_step(redis, names) -> None:
+    target = names.key("settled")
+    sigs = [signal() for _ in range(2)]
+    ids = await read_as(redis, names, "c1", sigs)
+    waiting = [signal() for _ in range(3)]
+    waiting_ids = [await xadd(redis, names.signals, sig) for sig in waiting]
+    consumer = make_consumer(redis, names, Recorder(), "c1")
+    settlement = Settlement(target, [encode_entry(s) for s in sigs])
+    stop = asyncio.Event()
+    settled, following = await consumer.settle(ids, settlement, stop, read_next=2)
+    assert settled is True
+    # Up to read_next of the new entries, as XREADGROUP returns them, now delivered to c1.
+    assert following == [(i, encode_entry(s)) for i, s in zip(waiting_ids[:2], waiting[:2], strict=True)]
+    assert await owners(redis, names) == {i: "c1" for i in waiting_ids[:2]}
+    assert await published(redis, target) == [list(encode_entry(s).items()) for s in sigs]
+    # Settled already (a lost reply, retried): nothing published, acknowledged or read.
+    assert await consumer.settle(ids, settlement, stop, read_next=2) == (False, [])
+    assert await owners(redis, names) == {i: "c1" for i in waiting_ids[:2]}
+    # Nothing waiting: settled, nothing read.
+    rest: Any = await redis.xreadgroup(GROUP, "c1", {names.signals: ">"}, count=100)
+    assert [entry_id for entry_id, _ in rest[0][1]] == waiting_ids[2:]
+    assert await consumer.settle(waiting_ids, Settlement(target, []), stop, read_next=5) == (True, [])
+    assert await pending(redis, names) == 0
+
+
+async def test_a_trickle_is_handled_batch_after_batch_from_what_each_settlement_read(redis, names) -> None:
+    # While a batch is in hand, more arrives; its settlement reads it, and the consumer
+    # handles it next without a read of its own.
+    target = names.key("settled")
+    first, later = signal(), [signal() for _ in range(3)]
+    settler = Settler(target, extra=0)
+    reads_by_batch: list[int] = []
+
+    async def handler(batch: list[Delivery[SignalEmitted]]) -> Settlement:
+        reads_by_batch.append(reads)
+        if batch[0].event.signal_id == first.signal_id:
+            for sig in later:
+                await xadd(redis, names.signals, sig)
+        return await settler(batch)
+
+    consumer = make_consumer(redis, names, handler, "c1")
+    reads = 0
+    read = consumer.redis.xreadgroup
+
+    async def counting_read(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await read(*args, **kwargs)
+
+    consumer.redis = _Spy(consumer.redis, xreadgroup=counting_read)
+    async with running(consumer):
+        await xadd(redis, names.signals, first)
+        await eventually(lambda: published(redis, target), until=lambda p: len(p) == 4, what="4 events")
+        await eventually(lambda: pending(redis, names), until=lambda n: n == 0)
+    assert settler.batches == 2
+    # The second batch came with the first one's settlement: no read in between.
+    assert reads_by_batch[0] == reads_by_batch[1] >= 1
+    assert [dict(p)[EVENT_FIELD] for p in await published(redis, target)] == [
+        encode_entry(s)[EVENT_FIELD] for s in [first, *later]
+    ]
+
+
+class _Spy:
+    """A Redis client with some methods replaced, the rest its own."""
+
+    def __init__(self, redis: Redis, **methods: Any) -> None:
+        self._redis = redis
+        self.__dict__.update(methods)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+
 @pytest.mark.parametrize("claimed", ["all", "last"])
 async def test_entries_claimed_by_another_consumer_are_neither_published_nor_acked(
     redis, names, claimed
