@@ -440,7 +440,9 @@ async def test_settling_reads_the_next_entries_in_the_same_step(redis, names) ->
     assert await pending(redis, names) == 0
 
 
-async def test_a_trickle_is_handled_batch_after_batch_from_what_each_settlement_read(redis, names) -> None:
+async def test_a_trickle_is_handled_batch_after_batch_from_what_each_settlement_read(
+    redis, names, monkeypatch
+) -> None:
     # While a batch is in hand, more arrives; its settlement reads it, and the consumer
     # handles it next without a read of its own.
     target = names.key("settled")
@@ -464,7 +466,7 @@ async def test_a_trickle_is_handled_batch_after_batch_from_what_each_settlement_
         reads += 1
         return await read(*args, **kwargs)
 
-    consumer.redis = _Spy(consumer.redis, xreadgroup=counting_read)
+    monkeypatch.setattr(consumer.redis, "xreadgroup", counting_read)
     async with running(consumer):
         await xadd(redis, names.signals, first)
         await eventually(lambda: published(redis, target), until=lambda p: len(p) == 4, what="4 events")
@@ -475,17 +477,6 @@ async def test_a_trickle_is_handled_batch_after_batch_from_what_each_settlement_
     assert [dict(p)[EVENT_FIELD] for p in await published(redis, target)] == [
         encode_entry(s)[EVENT_FIELD] for s in [first, *later]
     ]
-
-
-class _Spy:
-    """A Redis client with some methods replaced, the rest its own."""
-
-    def __init__(self, redis: Redis, **methods: Any) -> None:
-        self._redis = redis
-        self.__dict__.update(methods)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._redis, name)
 
 
 @pytest.mark.parametrize("claimed", ["all", "last"])
