@@ -110,7 +110,7 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 5) -> asyn
     """Open an asyncpg pool; JSONB columns map to Python objects."""
     # Custom plans always: asyncpg prepares every statement, and a generic plan chosen while
     # a table was small (a fresh deploy) stays a sequential scan forever after. (The
-    # orchestrator's batch transaction opts out for its own statements: intents.lock_keys.)
+    # orchestrator's batch transaction opts out for its own statements: intents.locked_transaction.)
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,

@@ -100,8 +100,7 @@ class OrderPipeline:
         paper = self._paper()
         window = self.trading.dedup_window_seconds
         keys = sorted({decide.dedup_key(s) for s in signals})
-        async with self.pool.acquire() as conn, conn.transaction():
-            await intents.lock_keys(conn, keys)
+        async with self.pool.acquire() as conn, intents.locked_transaction(conn, keys):
             state = await intents.read_batch_state(
                 conn,
                 [s.signal_id for s in signals],

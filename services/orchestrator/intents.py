@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -78,9 +79,16 @@ def _row(record: asyncpg.Record) -> IntentRow:
     return IntentRow(*record)
 
 
-async def lock_keys(conn: asyncpg.Connection, keys: Sequence[DedupKey]) -> None:
-    """Take a transaction-scoped advisory lock per dedup key, in a fixed order (no deadlocks);
-    and, for the rest of the transaction, have the batch's statements run on cached plans.
+@contextlib.asynccontextmanager
+async def locked_transaction(conn: asyncpg.Connection, keys: Sequence[DedupKey]) -> AsyncIterator[None]:
+    """A transaction holding an advisory lock per dedup key, taken in a fixed order (no
+    deadlocks), with the batch's statements on cached plans; committed when the block ends,
+    rolled back when it raises.
+
+    BEGIN and the locks go in one round trip (a simple query; the keys as a literal, so no
+    parameters): on this hot path a round trip costs more than the statement. The lock ids
+    are hashtextextended(key, 0), as before, so orchestrators of either release exclude
+    each other.
 
     The pool plans every statement afresh (force_custom_plan): right for queries whose best
     plan depends on their values and on a table's size. The batch read and the insert are
@@ -90,14 +98,37 @@ async def lock_keys(conn: asyncpg.Connection, keys: Sequence[DedupKey]) -> None:
     plan cached while a table was small still probes its indexes once it is large.
     """
     names = sorted({"\x1f".join(k) for k in keys})
-    await conn.execute(
-        "SELECT set_config('plan_cache_mode', 'force_generic_plan', true),"
-        " set_config('enable_seqscan', 'off', true),"
-        " (SELECT count(pg_advisory_xact_lock(h)) FROM ("
-        "  SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest($1::text[]) AS k ORDER BY h"
-        " ) AS locks)",
-        names,
-    )
+    try:
+        await conn.execute(
+            "BEGIN; SELECT set_config('plan_cache_mode', 'force_generic_plan', true),"
+            " set_config('enable_seqscan', 'off', true),"
+            " (SELECT count(pg_advisory_xact_lock(h)) FROM ("
+            "  SELECT DISTINCT hashtextextended(k, 0) AS h"
+            f"  FROM unnest({text_array_literal(names)}::text[]) AS k ORDER BY h"
+            " ) AS locks)"
+        )
+        yield
+    except BaseException:
+        if not conn.is_closed() and conn.is_in_transaction():
+            # Should this fail too (the connection broke, or is being cancelled), the pool
+            # rolls back when the connection comes back; the first error is the one to see.
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+
+
+def text_array_literal(values: Sequence[str]) -> str:
+    """A PostgreSQL text[] constant holding values, safe to put in a statement: E'{"…",…}'.
+
+    Each element is double-quoted with its backslashes and double quotes escaped (array
+    syntax), then the whole is an escape string constant (E'…', whatever
+    standard_conforming_strings says) with its backslashes and single quotes escaped.
+    """
+    if any("\x00" in v for v in values):
+        raise ValueError("a text value cannot hold a NUL character")
+    elements = ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "E'{" + elements.replace("\\", "\\\\").replace("'", "''") + "}'"
 
 
 # Each part is a LATERAL subquery fenced with OFFSET 0, so the planner cannot flatten it
@@ -168,7 +199,7 @@ async def read_batch_state(
     the brake, and the paper balances of `assets` (with lock_balances: locked until the
     transaction ends).
 
-    Call it after lock_keys in the same transaction: under READ COMMITTED this statement's
+    Call it in a locked_transaction of these keys: under READ COMMITTED this statement's
     snapshot then includes every intent a racing orchestrator committed under those locks
     (the balances, locked FOR UPDATE, are read as last committed, after any wait).
     """
