@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -295,23 +295,25 @@ async def insert_plans(
             for p, d, o in zip(plans, decisions, extra, strict=True)
         ),
     )
-    rows: Sequence[tuple[uuid.UUID, datetime | None]]
+    sent = zip(plans, decisions, extra, strict=True)
+    written: Iterable[tuple[Plan, Decision | None, Outcome | None, datetime | None]]
     if every_row:
         await conn.execute(sql, *args)
-        rows = [(p.signal.signal_id, now if d else None) for p, d in zip(plans, decisions, strict=True)]
+        written = ((p, d, o, now if d else None) for p, d, o in sent)
     else:
-        rows = await conn.fetch(sql, *args)
-    # The rows are what was sent; only the ones inserted come back, with the server's time.
-    sent = {p.signal.signal_id: (p, d, o) for p, d, o in zip(plans, decisions, extra, strict=True)}
+        # Only the rows inserted come back, with the server's time.
+        by_signal = {p.signal.signal_id: (p, d, o) for p, d, o in sent}
+        written = (
+            (*by_signal[signal_id], decided_at) for signal_id, decided_at in await conn.fetch(sql, *args)
+        )
     out: list[IntentRow] = []
     # The enum members themselves (StrEnum: each is its value as a str): `.value` is a property
     # in Python, four a row.
-    for signal_id, decided_at in rows:
-        p, d, o = sent[signal_id]
+    for p, d, o, decided_at in written:
         out.append(
             IntentRow(
                 p.intent_id,
-                signal_id,
+                p.signal.signal_id,
                 p.signal.symbol,
                 p.signal.side,
                 p.signal.price,
