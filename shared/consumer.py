@@ -213,7 +213,11 @@ class StreamConsumer(Generic[E]):
         acknowledged only after its handler returned.
         """
         try:
-            await self._run(stop)
+            prefetched = await self._run(stop)
+            if prefetched:
+                # Read with the last batch's settlement just as stop came: delivered to this
+                # consumer, so handle them rather than leave them for a claim.
+                await self.process(prefetched, {}, stop)
         except asyncio.CancelledError:
             for batch in self._batches:
                 batch.cancel()
@@ -221,7 +225,8 @@ class StreamConsumer(Generic[E]):
         finally:
             await self._settle_batches(wait_all=True)
 
-    async def _run(self, stop: asyncio.Event) -> None:
+    async def _run(self, stop: asyncio.Event) -> list[Entry]:
+        """The loop of run(); returns entries read for it but not yet handled when stop came."""
         backoff = 0.1
         next_claim = 0.0
         group_ready = False
@@ -271,6 +276,7 @@ class StreamConsumer(Generic[E]):
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
                 group_ready = False
+        return prefetched
 
     async def _settle_batches(self, *, wait_all: bool) -> None:
         """Reap finished batch tasks, raising the first failure; wait while at in_flight (or all)."""
@@ -403,7 +409,9 @@ class StreamConsumer(Generic[E]):
                 settlement = result
                 done = [d.entry_id for d in batch if d.entry_id not in settlement.keep]
                 if done or settlement.entries:
-                    settled, following = await self.settle(done, settlement, stop, read_next=read_next)
+                    # Stopping: read nothing more (it would wait CLAIM_IDLE_MS for another consumer).
+                    more = 0 if stop.is_set() else read_next
+                    settled, following = await self.settle(done, settlement, stop, read_next=more)
                     if not settled:
                         return []
             else:

@@ -479,6 +479,64 @@ async def test_a_trickle_is_handled_batch_after_batch_from_what_each_settlement_
     ]
 
 
+async def test_a_consumer_told_to_stop_leaves_nothing_read_and_unhandled(redis, names) -> None:
+    # Stop comes while a batch is in hand and more is waiting: its settlement reads nothing
+    # more (what it read would wait CLAIM_IDLE_MS for a claim), the rest stays for the next
+    # consumer to read.
+    target = names.key("settled")
+    first, later = signal(), [signal() for _ in range(3)]
+    settler = Settler(target, extra=0)
+    stop = asyncio.Event()
+
+    async def handler(batch: list[Delivery[SignalEmitted]]) -> Settlement:
+        for sig in later:
+            await xadd(redis, names.signals, sig)
+        stop.set()
+        return await settler(batch)
+
+    consumer = make_consumer(redis, names, handler, "c1", claim_idle_ms=60_000)
+    await ensure_group(redis, names.signals, GROUP)
+    await xadd(redis, names.signals, first)
+    await asyncio.wait_for(consumer.run(stop), timeout=30)
+    assert settler.batches == 1
+    assert await pending(redis, names) == 0
+    rest: Any = await redis.xreadgroup(GROUP, "c2", {names.signals: ">"}, count=10)
+    assert [json.loads(fields[EVENT_FIELD])["signal_id"] for _, fields in rest[0][1]] == [
+        str(s.signal_id) for s in later
+    ]
+
+
+async def test_entries_read_by_the_last_settlement_before_stop_are_handled_before_returning(
+    redis, names, monkeypatch
+) -> None:
+    target = names.key("settled")
+    first, later = signal(), [signal() for _ in range(3)]
+    settler = Settler(target, extra=0)
+    stop = asyncio.Event()
+
+    async def handler(batch: list[Delivery[SignalEmitted]]) -> Settlement:
+        if batch[0].event.signal_id == first.signal_id:
+            for sig in later:
+                await xadd(redis, names.signals, sig)
+        return await settler(batch)
+
+    consumer = make_consumer(redis, names, handler, "c1", claim_idle_ms=60_000)
+    settle = consumer.settle
+
+    async def settle_then_stop(*args: Any, **kwargs: Any) -> Any:
+        result = await settle(*args, **kwargs)
+        stop.set()  # just after the script read the next entries for this consumer
+        return result
+
+    monkeypatch.setattr(consumer, "settle", settle_then_stop)
+    await ensure_group(redis, names.signals, GROUP)
+    await xadd(redis, names.signals, first)
+    await asyncio.wait_for(consumer.run(stop), timeout=30)
+    assert settler.batches == 2
+    assert await pending(redis, names) == 0
+    assert len(await published(redis, target)) == 4
+
+
 @pytest.mark.parametrize("claimed", ["all", "last"])
 async def test_entries_claimed_by_another_consumer_are_neither_published_nor_acked(
     redis, names, claimed
