@@ -97,6 +97,8 @@ async def locked_transaction(conn: asyncpg.Connection, keys: Sequence[DedupKey])
     this transaction only: the cached generic plan, with sequential scans priced out so that a
     plan cached while a table was small still probes its indexes once it is large.
     """
+    if conn.is_in_transaction():  # its BEGIN would not nest, and its COMMIT would end the outer one
+        raise RuntimeError("locked_transaction needs a connection outside any transaction")
     names = sorted({"\x1f".join(k) for k in keys})
     try:
         await conn.execute(

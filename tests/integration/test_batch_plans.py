@@ -88,3 +88,11 @@ async def test_text_array_literal_reads_back_as_the_values(pool: asyncpg.Pool, v
 def test_text_array_literal_refuses_a_nul() -> None:
     with pytest.raises(ValueError, match="NUL"):
         intents.text_array_literal(["a\x00b"])
+
+
+async def test_a_locked_transaction_refuses_to_nest(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        with pytest.raises(RuntimeError, match="outside any transaction"):
+            async with intents.locked_transaction(conn, [("A_B", "BUY", "s")]):
+                pass
+        assert conn.is_in_transaction()  # the outer one, untouched
