@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import asyncpg
@@ -440,24 +440,42 @@ async def test_settling_reads_the_next_entries_in_the_same_step(redis, names) ->
     assert await pending(redis, names) == 0
 
 
+class Trickle:
+    """A settling handler whose first batch, while in hand, sees three more signals arrive."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        names: StreamNames,
+        *,
+        each_batch: Callable[[], object] = lambda: None,
+        after_first: Callable[[], object] = lambda: None,
+    ) -> None:
+        self.redis = redis
+        self.names = names
+        self.target = names.key("settled")
+        self.first, self.later = signal(), [signal() for _ in range(3)]
+        self.settler = Settler(self.target, extra=0)
+        self.each_batch = each_batch
+        self.after_first = after_first
+
+    async def __call__(self, batch: list[Delivery[SignalEmitted]]) -> Settlement:
+        self.each_batch()
+        if batch[0].event.signal_id == self.first.signal_id:
+            for sig in self.later:
+                await xadd(self.redis, self.names.signals, sig)
+            self.after_first()
+        return await self.settler(batch)
+
+
 async def test_a_trickle_is_handled_batch_after_batch_from_what_each_settlement_read(
     redis, names, monkeypatch
 ) -> None:
     # While a batch is in hand, more arrives; its settlement reads it, and the consumer
     # handles it next without a read of its own.
-    target = names.key("settled")
-    first, later = signal(), [signal() for _ in range(3)]
-    settler = Settler(target, extra=0)
     reads_by_batch: list[int] = []
-
-    async def handler(batch: list[Delivery[SignalEmitted]]) -> Settlement:
-        reads_by_batch.append(reads)
-        if batch[0].event.signal_id == first.signal_id:
-            for sig in later:
-                await xadd(redis, names.signals, sig)
-        return await settler(batch)
-
-    consumer = make_consumer(redis, names, handler, "c1")
+    trickle = Trickle(redis, names, each_batch=lambda: reads_by_batch.append(reads))
+    consumer = make_consumer(redis, names, trickle, "c1")
     reads = 0
     read = consumer.redis.xreadgroup
 
@@ -468,14 +486,16 @@ async def test_a_trickle_is_handled_batch_after_batch_from_what_each_settlement_
 
     monkeypatch.setattr(consumer.redis, "xreadgroup", counting_read)
     async with running(consumer):
-        await xadd(redis, names.signals, first)
-        await eventually(lambda: published(redis, target), until=lambda p: len(p) == 4, what="4 events")
+        await xadd(redis, names.signals, trickle.first)
+        await eventually(
+            lambda: published(redis, trickle.target), until=lambda p: len(p) == 4, what="4 events"
+        )
         await eventually(lambda: pending(redis, names), until=lambda n: n == 0)
-    assert settler.batches == 2
+    assert trickle.settler.batches == 2
     # The second batch came with the first one's settlement: no read in between.
     assert reads_by_batch[0] == reads_by_batch[1] >= 1
-    assert [dict(p)[EVENT_FIELD] for p in await published(redis, target)] == [
-        encode_entry(s)[EVENT_FIELD] for s in [first, *later]
+    assert [dict(p)[EVENT_FIELD] for p in await published(redis, trickle.target)] == [
+        encode_entry(s)[EVENT_FIELD] for s in [trickle.first, *trickle.later]
     ]
 
 
@@ -483,44 +503,26 @@ async def test_a_consumer_told_to_stop_leaves_nothing_read_and_unhandled(redis, 
     # Stop comes while a batch is in hand and more is waiting: its settlement reads nothing
     # more (what it read would wait CLAIM_IDLE_MS for a claim), the rest stays for the next
     # consumer to read.
-    target = names.key("settled")
-    first, later = signal(), [signal() for _ in range(3)]
-    settler = Settler(target, extra=0)
     stop = asyncio.Event()
-
-    async def handler(batch: list[Delivery[SignalEmitted]]) -> Settlement:
-        for sig in later:
-            await xadd(redis, names.signals, sig)
-        stop.set()
-        return await settler(batch)
-
-    consumer = make_consumer(redis, names, handler, "c1", claim_idle_ms=60_000)
+    trickle = Trickle(redis, names, after_first=stop.set)
+    consumer = make_consumer(redis, names, trickle, "c1", claim_idle_ms=60_000)
     await ensure_group(redis, names.signals, GROUP)
-    await xadd(redis, names.signals, first)
+    await xadd(redis, names.signals, trickle.first)
     await asyncio.wait_for(consumer.run(stop), timeout=30)
-    assert settler.batches == 1
+    assert trickle.settler.batches == 1
     assert await pending(redis, names) == 0
     rest: Any = await redis.xreadgroup(GROUP, "c2", {names.signals: ">"}, count=10)
     assert [json.loads(fields[EVENT_FIELD])["signal_id"] for _, fields in rest[0][1]] == [
-        str(s.signal_id) for s in later
+        str(s.signal_id) for s in trickle.later
     ]
 
 
 async def test_entries_read_by_the_last_settlement_before_stop_are_handled_before_returning(
     redis, names, monkeypatch
 ) -> None:
-    target = names.key("settled")
-    first, later = signal(), [signal() for _ in range(3)]
-    settler = Settler(target, extra=0)
     stop = asyncio.Event()
-
-    async def handler(batch: list[Delivery[SignalEmitted]]) -> Settlement:
-        if batch[0].event.signal_id == first.signal_id:
-            for sig in later:
-                await xadd(redis, names.signals, sig)
-        return await settler(batch)
-
-    consumer = make_consumer(redis, names, handler, "c1", claim_idle_ms=60_000)
+    trickle = Trickle(redis, names)
+    consumer = make_consumer(redis, names, trickle, "c1", claim_idle_ms=60_000)
     settle = consumer.settle
 
     async def settle_then_stop(*args: Any, **kwargs: Any) -> Any:
@@ -530,11 +532,11 @@ async def test_entries_read_by_the_last_settlement_before_stop_are_handled_befor
 
     monkeypatch.setattr(consumer, "settle", settle_then_stop)
     await ensure_group(redis, names.signals, GROUP)
-    await xadd(redis, names.signals, first)
+    await xadd(redis, names.signals, trickle.first)
     await asyncio.wait_for(consumer.run(stop), timeout=30)
-    assert settler.batches == 2
+    assert trickle.settler.batches == 2
     assert await pending(redis, names) == 0
-    assert len(await published(redis, target)) == 4
+    assert len(await published(redis, trickle.target)) == 4
 
 
 @pytest.mark.parametrize("claimed", ["all", "last"])
