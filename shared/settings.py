@@ -50,7 +50,7 @@ class ConsumerSettings(_Base):
     claim_idle_ms: int = Field(default=30_000, ge=100)
     max_deliveries: int = Field(default=5, ge=1)
     batch_size: int = Field(default=100, ge=1, le=1000, alias="CONSUMER_BATCH_SIZE")
-    # The orchestrator's own read size: its cost per batch (seven round trips, a transaction,
+    # The orchestrator's own read size: its cost per batch (five round trips, a transaction,
     # the event loop's turns) is mostly fixed, so under a backlog larger batches decide more
     # signals per second (tests/bench: 100 → 1000 took a drain from ~11,500/s to ~16,500/s);
     # a trickle still makes small batches (a read returns what has arrived).
