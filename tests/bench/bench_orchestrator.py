@@ -31,6 +31,7 @@ from tests.bench.load import (
     cpu_seconds,
     entry_signal_id,
     percentiles,
+    prebuild,
     progress,
     publish_at_rate,
     publish_burst,
@@ -213,10 +214,9 @@ async def latency(redis: Redis, names: StreamNames, rate: float, seconds: float)
                 return
 
     give_up = float("inf")
+    entries = prebuild(expected_total, f"lat{int(time.time())}")
     reader = asyncio.create_task(read())
-    published = await publish_at_rate(
-        redis, names.signals, rate, seconds, lambda i: signal_entry(i, f"lat{int(time.time())}")
-    )
+    published = await publish_at_rate(redis, names.signals, rate, seconds, entries)
     give_up = time.monotonic() + 30
     stop.set()
     await reader

@@ -35,6 +35,7 @@ from tests.bench.load import (
     as_json,
     cpu_seconds,
     percentiles,
+    prebuild,
     progress,
     publish_at_rate,
     publish_burst,
@@ -178,8 +179,9 @@ async def latency(
 ) -> dict[str, Any]:
     """Run the loop while signals are published at `rate` for `seconds`: latency = row written - published."""
     total = int(rate * seconds)
+    entries = prebuild(total, "rawlat")
     proc = _start(redis_url, database_url, stream, total, drain=False)
-    published = await publish_at_rate(redis, stream, rate, seconds, lambda i: signal_entry(i, "rawlat"))
+    published = await publish_at_rate(redis, stream, rate, seconds, entries)
     await asyncio.to_thread(_finish, proc, 120)
     conn = await asyncpg.connect(database_url)
     try:
