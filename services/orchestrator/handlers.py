@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
-from services.orchestrator import decide, intents
+from services.orchestrator import decide, intents, key_locks
 from services.orchestrator.exchanges.base import Exchange, OrderRequest, OrderResult
 from services.orchestrator.exchanges.paper import (
     BALANCE_NOT_NEGATIVE,
@@ -33,6 +33,14 @@ class OrderPipeline:
     trading: TradingSettings
     decisions_stream: str
     maxlen: int | None = None
+    locks: key_locks.KeyLocks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.locks = key_locks.KeyLocks(self.pool)
+
+    async def close(self) -> None:
+        """Wait until every batch's key locks are released and its connection is back in the pool."""
+        await self.locks.wait_released()
 
     async def handle(self, batch: list[Delivery[SignalEmitted]]) -> Settlement:
         """Handle one batch; return its OrderDecided events and the entries to leave pending.
@@ -72,16 +80,17 @@ class OrderPipeline:
     async def _record_intents(
         self, signals: list[SignalEmitted]
     ) -> tuple[dict[uuid.UUID, intents.IntentRow], set[uuid.UUID]]:
-        """Record an intent per new signal in one transaction; return all rows and the ones found.
+        """Record an intent per new signal, all in one statement; return all rows and the ones found.
 
-        Paper orders are filled in the same transaction, so those intents are written
-        terminal at once. A live order may reach the exchange: its intent is committed
-        PENDING first and decided after the answer (_place).
+        The batch's dedup keys are locked from before its read until its insert has committed
+        (key_locks). Paper orders are filled by the same statement as the insert, so those
+        intents are written terminal at once. A live order may reach the exchange: its intent
+        is committed PENDING first and decided after the answer (_place).
 
         Paper fills are decided against balances read unlocked, so batches overlap rather than
-        queue on the balance rows for their whole transaction. Should another batch have spent
-        them meanwhile, the commit would leave an asset below zero: the constraint refuses it,
-        nothing of the batch is written, and it is decided again with the balances locked.
+        queue on the balance rows. Should another batch have spent them meanwhile, the insert
+        would leave an asset below zero: the constraint refuses it, nothing of the batch is
+        written, and it is decided again with the balances locked, in a transaction.
         """
         try:
             return await self._record_intents_once(signals, lock_balances=False)
@@ -100,42 +109,58 @@ class OrderPipeline:
         paper = self._paper()
         window = self.trading.dedup_window_seconds
         keys = sorted({decide.dedup_key(s) for s in signals})
-        async with self.pool.acquire() as conn, intents.locked_transaction(conn, keys):
-            state = await intents.read_batch_state(
-                conn,
-                [s.signal_id for s in signals],
-                keys,
-                min(s.emitted_at for s in signals),
-                max(s.emitted_at for s in signals),
-                window,
-                assets_of_symbols(s.symbol for s in signals) if paper is not None else (),
-                lock_balances=lock_balances,
-            )
-            new = [s for s in signals if s.signal_id not in state.recorded]
-            if not new:
-                return state.recorded, set(state.recorded)
-            plans = decide.plan_signals(
-                new, state.active, window_s=window, mode=self.trading.trading_mode, brake_reason=state.brake
-            )
-            outcomes: dict[uuid.UUID, intents.Outcome] = {}
-            fills: FillWrite | None = None
-            if paper is not None:
-                requests = [self._request(p.intent_id, p.signal) for p in plans if p.decision is None]
-                results, fills = paper.fill_in(requests, state.held)
-                outcomes = {
-                    req.intent_id: _outcome(req.intent_id, res)
-                    for req, res in zip(requests, results, strict=True)
-                    if not res.unknown
-                }
-            inserted = await intents.insert_plans(
-                conn,
-                plans,
-                outcomes,
-                skip_recorded=paper is None,
-                now=state.now,
-                with_ctes=fills.ctes if fills else "",
-                with_args=fills.args if fills else (),
-            )
+        read = (
+            [s.signal_id for s in signals],
+            keys,
+            min(s.emitted_at for s in signals),
+            max(s.emitted_at for s in signals),
+            window,
+            assets_of_symbols(s.symbol for s in signals) if paper is not None else (),
+        )
+        if lock_balances:
+            # Keys, then balances, locked in one transaction until it commits.
+            async with self.pool.acquire() as conn, intents.locked_transaction(conn, keys):
+                state = await intents.read_batch_state(conn, *read, lock_balances=True)
+                return await self._decide(conn, signals, state)
+        # Keys locked for the session, two statements that each commit, then the locks let go.
+        async with self.locks.connection() as conn:
+            state = await key_locks.lock_and_read(conn, *read)
+            return await self._decide(conn, signals, state)
+
+    async def _decide(
+        self, conn: asyncpg.Connection, signals: list[SignalEmitted], state: intents.BatchState
+    ) -> tuple[dict[uuid.UUID, intents.IntentRow], set[uuid.UUID]]:
+        """Plan the signals not yet recorded, fill their paper orders, insert them (one statement)."""
+        paper = self._paper()
+        new = [s for s in signals if s.signal_id not in state.recorded]
+        if not new:
+            return state.recorded, set(state.recorded)
+        plans = decide.plan_signals(
+            new,
+            state.active,
+            window_s=self.trading.dedup_window_seconds,
+            mode=self.trading.trading_mode,
+            brake_reason=state.brake,
+        )
+        outcomes: dict[uuid.UUID, intents.Outcome] = {}
+        fills: FillWrite | None = None
+        if paper is not None:
+            requests = [self._request(p.intent_id, p.signal) for p in plans if p.decision is None]
+            results, fills = paper.fill_in(requests, state.held)
+            outcomes = {
+                req.intent_id: _outcome(req.intent_id, res)
+                for req, res in zip(requests, results, strict=True)
+                if not res.unknown
+            }
+        inserted = await intents.insert_plans(
+            conn,
+            plans,
+            outcomes,
+            skip_recorded=paper is None,
+            now=state.now,
+            with_ctes=fills.ctes if fills else "",
+            with_args=fills.args if fills else (),
+        )
         rows = dict(state.recorded)
         rows.update({r.signal_id: r for r in inserted})
         return rows, set(state.recorded)

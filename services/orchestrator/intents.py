@@ -16,7 +16,7 @@ import orjson
 
 from services.orchestrator.decide import Decision, DedupKey, Plan
 from services.orchestrator.exchanges.base import client_order_id
-from services.orchestrator.exchanges.paper import lock_balances_sql, read_balances_ctes
+from services.orchestrator.exchanges.paper import lock_balances_sql, read_balances_sql
 from shared.db import json_default, json_rows
 from shared.events import IntentStatus, OrderDecided
 from shared.streams import EVENT_FIELD, TYPE_FIELD
@@ -138,7 +138,7 @@ def text_array_literal(values: Sequence[str]) -> str:
 # of ix_order_intents_dedup per key, whatever the statistics say. Flattened, a table the
 # planner still thinks small (a fresh deploy, before autovacuum's first ANALYZE) was read
 # whole twice per batch: ~70 µs of PostgreSQL CPU per signal at 20k rows, growing with it.
-def _batch_state_sql(held: str) -> str:
+def batch_state_sql(held: str) -> str:
     return (
         f"WITH {held}"
         " SELECT 'r' AS kind, r.*, NULL::text AS strategy, NULL::timestamptz AS emitted_at,"
@@ -168,10 +168,11 @@ def _batch_state_sql(held: str) -> str:
 
 
 # Paper mode: the balances the batch may move ($8 is empty otherwise), read in the same round
-# trip, unlocked (the fills move them by deltas, refused below zero) or, LOCKED, locked after
-# the key locks: keys first, then balances by asset.
-BATCH_STATE_SQL = _batch_state_sql(read_balances_ctes("$8", "held"))
-BATCH_STATE_LOCKED_SQL = _batch_state_sql(f"held AS ({lock_balances_sql('$8')})")
+# trip, unlocked (the fills move them by deltas, refused below zero; key_locks runs it) or,
+# LOCKED, locked after the key locks (keys first, then balances by asset; in a
+# locked_transaction).
+BATCH_STATE_SQL = batch_state_sql(f"held AS ({read_balances_sql('$8')})")
+BATCH_STATE_LOCKED_SQL = batch_state_sql(f"held AS ({lock_balances_sql('$8')})")
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ class BatchState:
     brake: str | None
     held: dict[str, Decimal]
     now: datetime
-    """The transaction's now(), which the intents it decides get as decided_at."""
+    """The read's now(), which the intents decided on it get as decided_at."""
 
 
 async def read_batch_state(
@@ -204,10 +205,26 @@ async def read_batch_state(
     Call it in a locked_transaction of these keys: under READ COMMITTED this statement's
     snapshot then includes every intent a racing orchestrator committed under those locks
     (the balances, locked FOR UPDATE, are read as last committed, after any wait).
+    Without lock_balances, paper balances nobody holds yet read as absent (0).
     """
-    pad = timedelta(seconds=window_s)
     rows = await conn.fetch(
         BATCH_STATE_LOCKED_SQL if lock_balances else BATCH_STATE_SQL,
+        *batch_state_args(signal_ids, keys, earliest, latest, window_s, assets),
+    )
+    return batch_state_of(rows)
+
+
+def batch_state_args(
+    signal_ids: Sequence[uuid.UUID],
+    keys: Sequence[DedupKey],
+    earliest: datetime,
+    latest: datetime,
+    window_s: float,
+    assets: Sequence[str],
+) -> tuple[Any, ...]:
+    """The parameters $1-$8 of BATCH_STATE_SQL and BATCH_STATE_LOCKED_SQL."""
+    pad = timedelta(seconds=window_s)
+    return (
         list(signal_ids),
         [k[0] for k in keys],
         [k[1] for k in keys],
@@ -217,6 +234,10 @@ async def read_batch_state(
         BRAKE_FLAG,
         list(assets),
     )
+
+
+def batch_state_of(rows: Iterable[asyncpg.Record]) -> BatchState:
+    """The BatchState in the rows of a batch read (each row's `kind` says what it holds)."""
     recorded: dict[uuid.UUID, IntentRow] = {}
     active: list[tuple[DedupKey, datetime]] = []
     brake: str | None = None
@@ -253,8 +274,9 @@ async def insert_plans(
 
     skip_recorded: a signal already recorded is left alone (ON CONFLICT DO NOTHING); without
     it a recorded signal raises, rolling back whatever the transaction did for it (its order).
-    now: the transaction's now() (BatchState.now); without skip_recorded every row is then
-    known to be inserted with it as decided_at (if decided), so none is sent back.
+    now: the batch read's now() (BatchState.now), written as the decided_at of every decided
+    row (else the insert's own now()); without skip_recorded every row is then known to be
+    inserted with it, so none is sent back.
     with_ctes/with_args: data-modifying CTEs (parameters from $1) run in the same statement,
     e.g. the paper fills of these intents: one round trip for both.
     """
@@ -269,7 +291,8 @@ async def insert_plans(
         decisions.append(p.decision or (outcome.decision if outcome else None))
     every_row = not skip_recorded and now is not None
     conflict = " ON CONFLICT (signal_id) DO NOTHING" if skip_recorded else ""
-    sql = f"{INSERT_INTENTS_SQL}{conflict}" + ("" if every_row else " RETURNING signal_id, decided_at")
+    insert = INSERT_INTENTS_SQL.replace(_DECIDED_AT, "$2::timestamptz" if now is not None else "now()")
+    sql = f"{insert}{conflict}" + ("" if every_row else " RETURNING signal_id, decided_at")
     if with_ctes:
         shift = len(with_args)
         sql = f"WITH {with_ctes} " + re.sub(r"\$(\d+)", lambda m: f"${int(m[1]) + shift}", sql)
@@ -296,6 +319,7 @@ async def insert_plans(
             )
             for p, d, o in zip(plans, decisions, extra, strict=True)
         ),
+        *(() if now is None else (now,)),
     )
     sent = zip(plans, decisions, extra, strict=True)
     written: Iterable[tuple[Plan, Decision | None, Outcome | None, datetime | None]]
@@ -337,9 +361,10 @@ INSERT_INTENTS_SQL = (
     " quantity, exchange_order_id, error_message)"
     " SELECT (r->>0)::uuid, (r->>1)::uuid, r->>2, r->>3, r->>4, r->>5, r->>6, (r->>7)::numeric,"
     "  r->>8, r->>9, r->>10, r->>11, (r->>12)::timestamptz,"
-    "  CASE WHEN r->>8 <> 'PENDING' THEN now() END, (r->>13)::numeric, r->>14, r->>15"
+    "  CASE WHEN r->>8 <> 'PENDING' THEN {decided_at} END, (r->>13)::numeric, r->>14, r->>15"
     " FROM jsonb_array_elements($1::text::jsonb) AS r"
 )
+_DECIDED_AT = "{decided_at}"
 
 
 class Outcome(NamedTuple):

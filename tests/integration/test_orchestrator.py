@@ -176,7 +176,7 @@ async def test_each_test_gets_its_own_database(pool) -> None:
 
 async def test_the_orchestrator_reads_batches_of_its_own_size(make_settings, pool, redis, names) -> None:
     # A backlog of 12, read 5 at a time (CONSUMER_BATCH_SIZE is the other consumers'): three
-    # batches, each decided in one transaction, whose now() is its intents' decided_at.
+    # batches, each decided on one read, whose now() is its intents' decided_at.
     sigs = [signal(strategy=f"size:{uuid.uuid4().hex[:6]}") for _ in range(12)]
     for sig in sigs:
         await xadd(redis, names.signals, sig)

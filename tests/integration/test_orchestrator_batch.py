@@ -76,7 +76,7 @@ async def test_a_mixed_batch_gets_each_decision_once_and_one_order_per_placed_in
         str(s.signal_id) for s in (first, duplicate, unheld, rejected, broke, other_side)
     )
     assert all(e["decided_at"] and e["reason_code"] for e in decided)
-    # Each event carries the decided_at its row has (the transaction's now(), not sent back).
+    # Each event carries the decided_at its row has (the batch read's now(), not sent back).
     recorded_at = dict(await pool.fetch("SELECT signal_id::text, decided_at FROM order_intents"))
     assert {e["signal_id"]: OrderDecided.model_validate(e).decided_at for e in decided} == recorded_at
     assert {tuple(fields) for fields in settled.entries} == {("type", "event")}

@@ -160,24 +160,24 @@ def lock_balances_sql(param: str) -> str:
     )
 
 
-def read_balances_ctes(param: str, name: str) -> str:
-    """CTEs: `name` reads, unlocked, the balances of the assets in text[] `param` (as of the
-    statement's start; an asset nobody holds yet reads as absent, i.e. 0).
+def create_missing_balances_sql(param: str) -> str:
+    """A statement giving each asset in text[] `param` that nobody holds yet its row (0).
 
-    The missing ones get their row (0) too, so a fill's write finds a row to move: DO NOTHING
-    locks no existing row; a new one stays this transaction's until it ends. That takes the new
-    row ahead of the asset order the writes keep, so a batch that meanwhile locked balances
-    in its read (after a refused commit) can meet this one in a cycle; PostgreSQL ends one of
-    the two (DeadlockDetectedError), which the consumer retries as an outage. Only while a
-    new asset appears.
+    Run before the batch read that reads the balances unlocked (read_balances_sql), in a
+    statement of its own that commits at once: a fill's write then finds a row to move, and
+    no batch keeps a new row to itself until its commit (DO NOTHING locks no existing row).
     """
     return (
-        "paper_created AS (INSERT INTO paper_balances (asset, amount)"
+        "INSERT INTO paper_balances (asset, amount)"
         f" SELECT a, 0 FROM unnest({param}::text[]) AS a"
         " WHERE NOT EXISTS (SELECT 1 FROM paper_balances WHERE asset = a) ORDER BY a"
-        " ON CONFLICT (asset) DO NOTHING),"
-        f" {name} AS (SELECT asset, amount FROM paper_balances WHERE asset = ANY({param}::text[]))"
+        " ON CONFLICT (asset) DO NOTHING"
     )
+
+
+def read_balances_sql(param: str) -> str:
+    """A query reading, unlocked, the balances of the assets in text[] `param` (as of its start)."""
+    return f"SELECT asset, amount FROM paper_balances WHERE asset = ANY({param}::text[])"
 
 
 BALANCE_NOT_NEGATIVE = "ck_paper_balances_amount_not_negative"
@@ -224,7 +224,8 @@ def fill_write(new_orders: Sequence[PaperOrder]) -> FillWrite | None:
         " INSERT INTO paper_orders (id, client_order_id, symbol, side, price, quantity, quote_amount)"
         " SELECT r->>0, r->>1, r->>2, r->>3, (r->>4)::numeric, (r->>5)::numeric, (r->>6)::numeric"
         " FROM jsonb_array_elements($1::text::jsonb) AS r),"
-        # The balance rows exist: the batch read created the missing ones (read_balances_ctes).
+        # The balance rows exist: the batch read created the missing ones (create_missing_balances_sql,
+        # or lock_balances_sql's upsert).
         # Locked in asset order first, so racing batches never wait on each other in a cycle.
         " paper_locked AS ("
         " SELECT asset FROM paper_balances WHERE asset IN"
@@ -313,7 +314,7 @@ class PaperExchange:
         """Fill orders of intents the caller's transaction is inserting; return results and writes.
 
         `held`: the balances of every asset these orders may move, as the caller's transaction
-        read them (read_balances_ctes), or locked them (lock_balances_sql); updated in place. The
+        read them (read_balances_sql), or locked them (lock_balances_sql); updated in place. The
         caller runs the writes (write_fills, or as CTEs of its own insert), so intents and orders
         commit or roll back together. Read unlocked, a balance may have moved by commit time:
         should that leave an asset below zero, the writes fail on BALANCE_NOT_NEGATIVE and the

@@ -1,0 +1,170 @@
+"""A batch's dedup keys locked, read and written in three round trips, two of them on its path.
+
+The batch needs, in this order: its dedup keys locked; a read that sees every intent committed
+under those locks; its intents inserted and committed; only then the locks let go. In a
+transaction block that is four round trips, all on the batch's path (BEGIN with the locks, the
+read, the insert, COMMIT). Here:
+
+1. One call of a function that takes a session-level advisory lock per key, in lock-id order
+   (no cycles), creates the paper balance rows nobody holds yet, then runs the batch read. It
+   is VOLATILE PL/pgSQL: each statement in it takes a fresh snapshot, so the read sees every
+   intent committed before the locks were granted. Its read runs on a cached generic plan with
+   sequential scans priced out (its SET clauses), as the transaction path does (SET LOCAL).
+2. The insert, one statement outside any transaction block: committed when it returns.
+3. pg_advisory_unlock_all(), sent once the insert has returned, while the consumer publishes
+   the batch's events; the connection goes back to the pool after it.
+
+The lock ids are those of intents.locked_transaction (hashtextextended of the key's parts
+joined by U+001F, seed 0): session and transaction advisory locks on one id exclude each other,
+so this path, the transaction path and orchestrators of earlier releases all exclude one another.
+
+A session lock outlives a failed statement, so on a failure the locks are released before the
+error propagates; when the connection cannot be trusted (cancelled mid-statement, broken), it is
+closed instead, which releases them as surely.
+
+The function lives in the connection's pg_temp schema, defined by the first call on each
+connection (so each orchestrator runs its own version of it). Behind a pooler, this needs
+session pooling, as asyncpg's prepared statements already do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+
+import asyncpg
+
+from services.orchestrator.decide import DedupKey
+from services.orchestrator.exchanges.paper import create_missing_balances_sql
+from services.orchestrator.intents import BATCH_STATE_SQL, BatchState, batch_state_args, batch_state_of
+from shared.logging import get_logger
+
+log = get_logger("intentflow.orchestrator")
+
+FUNCTION = "pg_temp.intentflow_lock_and_read_batch"
+
+# The batch read's columns (intents.batch_state_sql), as the function returns them.
+_RESULT = (
+    ("kind", "text"),
+    ("id", "uuid"),
+    ("signal_id", "uuid"),
+    ("symbol", "text"),
+    ("side", "text"),
+    ("price", "numeric"),
+    ("status", "text"),
+    ("decision_type", "text"),
+    ("reason_code", "text"),
+    ("reason_message", "text"),
+    ("exchange_order_id", "text"),
+    ("decided_at", "timestamptz"),
+    ("strategy", "text"),
+    ("emitted_at", "timestamptz"),
+    ("enabled", "boolean"),
+    ("changed_by", "text"),
+)
+
+# Parameters as BATCH_STATE_SQL numbers them ($1-$8: intents.batch_state_args).
+DEFINE_FUNCTION_SQL = (
+    f"CREATE OR REPLACE FUNCTION {FUNCTION}"
+    "(uuid[], text[], text[], text[], timestamptz, timestamptz, text, text[])"
+    f" RETURNS TABLE ({', '.join(f'{name} {kind}' for name, kind in _RESULT)})"
+    " LANGUAGE plpgsql VOLATILE"
+    " SET plan_cache_mode = force_generic_plan SET enable_seqscan = off"
+    " AS $body$\n"
+    "#variable_conflict use_column\n"
+    "DECLARE lock_id bigint;\n"
+    "BEGIN\n"
+    "  FOR lock_id IN SELECT DISTINCT hashtextextended(concat_ws(chr(31), k.s, k.d, k.t), 0) AS h\n"
+    "    FROM unnest($2, $3, $4) AS k(s, d, t) ORDER BY h\n"
+    "  LOOP\n"
+    "    PERFORM pg_advisory_lock(lock_id);\n"
+    "  END LOOP;\n"
+    f"  {create_missing_balances_sql('$8')};\n"
+    f"  RETURN QUERY SELECT {', '.join(f'q.{name}::{kind}' for name, kind in _RESULT)}\n"
+    f"    FROM ({BATCH_STATE_SQL}) AS q;\n"
+    "END\n"
+    "$body$"
+)
+
+CALL_SQL = f"SELECT * FROM {FUNCTION}($1, $2, $3, $4, $5, $6, $7, $8)"
+
+UNLOCK_SQL = "SELECT pg_advisory_unlock_all()"
+
+# Errors after which the connection is in an unknown state: closed rather than reused.
+_UNTRUSTED = (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError, TimeoutError)
+
+
+async def lock_and_read(
+    conn: asyncpg.Connection,
+    signal_ids: Sequence[uuid.UUID],
+    keys: Sequence[DedupKey],
+    earliest: datetime,
+    latest: datetime,
+    window_s: float,
+    assets: Sequence[str] = (),
+) -> BatchState:
+    """Lock these keys for this session (KeyLocks.connection releases them), then read the batch.
+
+    What intents.read_batch_state reads, in one round trip with the locks; the paper balances
+    of `assets` unlocked, every one of them present (created at 0 if nobody held it).
+    """
+    args = batch_state_args(signal_ids, keys, earliest, latest, window_s, assets)
+    try:
+        rows = await conn.fetch(CALL_SQL, *args)
+    except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError):
+        # This connection's first batch: pg_temp (or the function in it) is not there yet.
+        # The call failed before it ran, so it took no lock.
+        await conn.execute(DEFINE_FUNCTION_SQL)
+        rows = await conn.fetch(CALL_SQL, *args)
+    return batch_state_of(rows)
+
+
+class KeyLocks:
+    """Pool connections for batches that lock their keys with lock_and_read, released after."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection whose session locks are let go when the block ends.
+
+        When the block returns, its statements have committed: the locks are released in the
+        background and the connection then goes back to the pool. When it raises, they are
+        released (or the connection closed) before the error propagates, so a retry of the
+        same keys on another connection does not wait on them.
+        """
+        conn = await self.pool.acquire()
+        try:
+            yield conn
+        except BaseException as exc:
+            trusted = isinstance(exc, Exception) and not isinstance(exc, _UNTRUSTED)
+            await self._release(conn, trusted=trusted)
+            raise
+        task = asyncio.get_running_loop().create_task(self._release(conn, trusted=True))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def wait_released(self) -> None:
+        """Wait until every connection handed out is unlocked and back in the pool."""
+        while self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
+
+    async def _release(self, conn: asyncpg.Connection, *, trusted: bool) -> None:
+        try:
+            if trusted and not conn.is_closed():
+                try:
+                    await conn.execute(UNLOCK_SQL)
+                    return
+                except Exception as exc:
+                    log.warning(
+                        "could not release a batch's key locks; closing its connection instead",
+                        error=repr(exc)[:300],
+                    )
+            conn.terminate()  # the server ends the session, and its locks with it
+        finally:
+            await self.pool.release(conn)
