@@ -100,24 +100,35 @@ def json_default(value: Any) -> str:
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Release a connection to the pool as it is (asyncpg has already ended any transaction).
 
-    No service keeps session state (no SET, LISTEN, cursors or session advisory locks: every
-    lock is transaction-scoped), so asyncpg's default reset, one more round trip of
-    `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` per release, is skipped.
+    No service leaves session state behind (no SET, LISTEN or cursors; the orchestrator's
+    session advisory locks are released, or their connection closed, before the connection
+    is released: services/orchestrator/key_locks.py), so asyncpg's default reset, one more
+    round trip of `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` per release,
+    is skipped.
     """
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
-    """Open an asyncpg pool; JSONB columns map to Python objects."""
-    # Custom plans always: asyncpg prepares every statement, and a generic plan chosen while
-    # a table was small (a fresh deploy) stays a sequential scan forever after. (The
-    # orchestrator's batch transaction opts out for its own statements: intents.locked_transaction.)
+CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
+"""Every statement planned for its values: asyncpg prepares every statement, and a generic plan
+chosen while a table was small (a fresh deploy) stays a sequential scan forever after."""
+
+CACHED_INDEX_PLANS = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
+"""Every statement on its cached generic plan, with sequential scans priced out so that a plan
+made while a table was small still probes its indexes once it is large. Only for a pool whose
+statements are all written as index probes (the orchestrator's: services/orchestrator/app.py)."""
+
+
+async def create_pool(
+    url: str, *, min_size: int = 1, max_size: int = 5, plans: dict[str, str] | None = None
+) -> asyncpg.Pool:
+    """Open an asyncpg pool; JSONB columns map to Python objects; plans: CUSTOM_PLANS unless given."""
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
         command_timeout=30,
-        server_settings={"plan_cache_mode": "force_custom_plan"},
+        server_settings=dict(plans or CUSTOM_PLANS),
         reset=_keep_session,
     )
     assert pool is not None
@@ -131,12 +142,13 @@ async def wait_for_pool(
     log: Any = None,
     min_size: int = 1,
     max_size: int = 5,
+    plans: dict[str, str] | None = None,
 ) -> asyncpg.Pool:
     """Open a pool, retrying with backoff while PostgreSQL is unreachable."""
     delay = 0.2
     while True:
         try:
-            return await create_pool(url, min_size=min_size, max_size=max_size)
+            return await create_pool(url, min_size=min_size, max_size=max_size, plans=plans)
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             if stop is not None and stop.is_set():
                 raise

@@ -13,7 +13,7 @@ from services.orchestrator.exchanges.paper import PaperExchange
 from services.orchestrator.handlers import OrderPipeline
 from shared import streams
 from shared.consumer import ConsumerHealth, StreamConsumer, consumer_name
-from shared.db import require_schema, wait_for_pool
+from shared.db import CACHED_INDEX_PLANS, require_schema, wait_for_pool
 from shared.events import SignalEmitted
 from shared.logging import get_logger
 from shared.redis import create_redis
@@ -42,6 +42,25 @@ def make_exchange(trading: TradingSettings, pool: asyncpg.Pool) -> Exchange | No
     )
 
 
+async def open_pool(database_url: str, in_flight: int, stop: asyncio.Event | None = None) -> asyncpg.Pool:
+    """The orchestrator's pool, retried while PostgreSQL is unreachable.
+
+    A connection for each batch in flight, opened now rather than when the first backlog
+    arrives, and one more for the exchange and the live path's decisions. Every statement of
+    the orchestrator is written as index probes (the batch read is fenced, the rest go by key),
+    so the pool keeps their plans (CACHED_INDEX_PLANS) rather than planning each batch's
+    insert anew.
+    """
+    return await wait_for_pool(
+        database_url,
+        stop=stop,
+        log=log,
+        min_size=in_flight + 1,
+        max_size=max(5, in_flight + 1),
+        plans=CACHED_INDEX_PLANS,
+    )
+
+
 @dataclass
 class OrchestratorApp:
     """The orchestrator's parts, opened by run() and closed when it returns."""
@@ -60,12 +79,7 @@ class OrchestratorApp:
         redis_url, database_url = resolve_urls(settings)
         names = streams.StreamNames(settings.runtime.stream_prefix)
         own_pool = self.pool is None
-        # A connection for each batch in flight, opened now rather than when the first backlog
-        # arrives, and one more for the exchange and the live path's decisions.
-        in_flight = settings.consumer.orchestrator_in_flight
-        pool = self.pool or await wait_for_pool(
-            database_url, stop=stop, log=log, min_size=in_flight + 1, max_size=max(5, in_flight + 1)
-        )
+        pool = self.pool or await open_pool(database_url, settings.consumer.orchestrator_in_flight, stop)
         redis = self.redis or create_redis(redis_url)
         try:
             await require_schema(pool)
@@ -100,6 +114,7 @@ class OrchestratorApp:
             try:
                 await consumer.run(stop)
             finally:
+                await pipeline.close()
                 if exchange is not None and self.exchange is None:
                     await exchange.close()
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from services.orchestrator.app import open_pool
 from shared.db import create_pool
 
 
@@ -35,6 +36,20 @@ async def test_a_transaction_left_open_is_rolled_back_on_release(database_url: s
         async with own.acquire() as conn:
             assert not conn.is_in_transaction()
             assert await conn.fetchval("SELECT count(*) FROM pool_probe") == 0
+    finally:
+        await own.close()
+
+
+async def test_pools_plan_each_statement_afresh_but_the_orchestrators_keeps_index_plans(
+    database_url: str, pool: asyncpg.Pool
+) -> None:
+    assert await pool.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+    assert await pool.fetchval("SHOW enable_seqscan") == "on"
+    own = await open_pool(database_url, in_flight=1)
+    try:
+        async with own.acquire() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+            assert await conn.fetchval("SHOW enable_seqscan") == "off"
     finally:
         await own.close()
 
