@@ -120,7 +120,7 @@ class OrderPipeline:
         if lock_balances:
             # Keys, then balances, locked in one transaction until it commits.
             async with self.pool.acquire() as conn, intents.locked_transaction(conn, keys):
-                state = await intents.read_batch_state(conn, *read, lock_balances=True)
+                state = await intents.read_batch_state_locked(conn, *read)
                 return await self._decide(conn, signals, state)
         # Keys locked for the session, two statements that each commit, then the locks let go.
         async with self.locks.connection() as conn:

@@ -187,7 +187,7 @@ class BatchState:
     """The read's now(), which the intents decided on it get as decided_at."""
 
 
-async def read_batch_state(
+async def read_batch_state_locked(
     conn: asyncpg.Connection,
     signal_ids: Sequence[uuid.UUID],
     keys: Sequence[DedupKey],
@@ -195,21 +195,18 @@ async def read_batch_state(
     latest: datetime,
     window_s: float,
     assets: Sequence[str] = (),
-    *,
-    lock_balances: bool = False,
 ) -> BatchState:
     """Read, in one round trip, the intents of these signals, the active intents of these keys,
-    the brake, and the paper balances of `assets` (with lock_balances: locked until the
-    transaction ends).
+    the brake, and the paper balances of `assets`, locked until the transaction ends (an
+    asset nobody holds yet gets its row at 0, locked too).
 
     Call it in a locked_transaction of these keys: under READ COMMITTED this statement's
     snapshot then includes every intent a racing orchestrator committed under those locks
-    (the balances, locked FOR UPDATE, are read as last committed, after any wait).
-    Without lock_balances, paper balances nobody holds yet read as absent (0).
+    (the balances, locked FOR UPDATE, are read as last committed, after any wait). The batch
+    read without the balances locked is key_locks.lock_and_read.
     """
     rows = await conn.fetch(
-        BATCH_STATE_LOCKED_SQL if lock_balances else BATCH_STATE_SQL,
-        *batch_state_args(signal_ids, keys, earliest, latest, window_s, assets),
+        BATCH_STATE_LOCKED_SQL, *batch_state_args(signal_ids, keys, earliest, latest, window_s, assets)
     )
     return batch_state_of(rows)
 

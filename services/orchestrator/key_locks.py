@@ -108,7 +108,7 @@ async def lock_and_read(
 ) -> BatchState:
     """Lock these keys for this session (KeyLocks.connection releases them), then read the batch.
 
-    What intents.read_batch_state reads, in one round trip with the locks; the paper balances
+    What intents.read_batch_state_locked reads, in one round trip with the locks; the paper balances
     of `assets` unlocked, every one of them present (created at 0 if nobody held it).
     """
     args = batch_state_args(signal_ids, keys, earliest, latest, window_s, assets)
