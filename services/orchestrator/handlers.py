@@ -109,7 +109,7 @@ class OrderPipeline:
         paper = self._paper()
         window = self.trading.dedup_window_seconds
         keys = sorted({decide.dedup_key(s) for s in signals})
-        read = (
+        read = intents.BatchRead(
             [s.signal_id for s in signals],
             keys,
             min(s.emitted_at for s in signals),
@@ -120,11 +120,11 @@ class OrderPipeline:
         if lock_balances:
             # Keys, then balances, locked in one transaction until it commits.
             async with self.pool.acquire() as conn, intents.locked_transaction(conn, keys):
-                state = await intents.read_batch_state_locked(conn, *read)
+                state = await intents.read_batch_state_locked(conn, read)
                 return await self._decide(conn, signals, state)
         # Keys locked for the session, two statements that each commit, then the locks let go.
         async with self.locks.connection() as conn:
-            state = await key_locks.lock_and_read(conn, *read)
+            state = await key_locks.lock_and_read(conn, read)
             return await self._decide(conn, signals, state)
 
     async def _decide(

@@ -187,50 +187,42 @@ class BatchState:
     """The read's now(), which the intents decided on it get as decided_at."""
 
 
-async def read_batch_state_locked(
-    conn: asyncpg.Connection,
-    signal_ids: Sequence[uuid.UUID],
-    keys: Sequence[DedupKey],
-    earliest: datetime,
-    latest: datetime,
-    window_s: float,
-    assets: Sequence[str] = (),
-) -> BatchState:
-    """Read, in one round trip, the intents of these signals, the active intents of these keys,
-    the brake, and the paper balances of `assets`, locked until the transaction ends (an
-    asset nobody holds yet gets its row at 0, locked too).
+class BatchRead(NamedTuple):
+    """What a batch read asks for: these signals' intents, the active intents of these keys
+    within the window of [earliest, latest], the brake, and the balances of these assets."""
 
-    Call it in a locked_transaction of these keys: under READ COMMITTED this statement's
+    signal_ids: Sequence[uuid.UUID]
+    keys: Sequence[DedupKey]
+    earliest: datetime
+    latest: datetime
+    window_s: float
+    assets: Sequence[str] = ()
+
+    def args(self) -> tuple[Any, ...]:
+        """The parameters $1-$8 of BATCH_STATE_SQL and BATCH_STATE_LOCKED_SQL."""
+        pad = timedelta(seconds=self.window_s)
+        return (
+            list(self.signal_ids),
+            [k[0] for k in self.keys],
+            [k[1] for k in self.keys],
+            [k[2] for k in self.keys],
+            self.earliest - pad,
+            self.latest + pad,
+            BRAKE_FLAG,
+            list(self.assets),
+        )
+
+
+async def read_batch_state_locked(conn: asyncpg.Connection, read: BatchRead) -> BatchState:
+    """Read, in one round trip, what `read` asks for, the paper balances locked until the
+    transaction ends (an asset nobody holds yet gets its row at 0, locked too).
+
+    Call it in a locked_transaction of read.keys: under READ COMMITTED this statement's
     snapshot then includes every intent a racing orchestrator committed under those locks
     (the balances, locked FOR UPDATE, are read as last committed, after any wait). The batch
     read without the balances locked is key_locks.lock_and_read.
     """
-    rows = await conn.fetch(
-        BATCH_STATE_LOCKED_SQL, *batch_state_args(signal_ids, keys, earliest, latest, window_s, assets)
-    )
-    return batch_state_of(rows)
-
-
-def batch_state_args(
-    signal_ids: Sequence[uuid.UUID],
-    keys: Sequence[DedupKey],
-    earliest: datetime,
-    latest: datetime,
-    window_s: float,
-    assets: Sequence[str],
-) -> tuple[Any, ...]:
-    """The parameters $1-$8 of BATCH_STATE_SQL and BATCH_STATE_LOCKED_SQL."""
-    pad = timedelta(seconds=window_s)
-    return (
-        list(signal_ids),
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [k[2] for k in keys],
-        earliest - pad,
-        latest + pad,
-        BRAKE_FLAG,
-        list(assets),
-    )
+    return batch_state_of(await conn.fetch(BATCH_STATE_LOCKED_SQL, *read.args()))
 
 
 def batch_state_of(rows: Iterable[asyncpg.Record]) -> BatchState:

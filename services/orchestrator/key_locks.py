@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
-from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator
 
 import asyncpg
 
-from services.orchestrator.decide import DedupKey
 from services.orchestrator.exchanges.paper import create_missing_balances_sql
-from services.orchestrator.intents import BATCH_STATE_SQL, BatchState, batch_state_args, batch_state_of
+from services.orchestrator.intents import BATCH_STATE_SQL, BatchRead, BatchState, batch_state_of
 from shared.logging import get_logger
 
 log = get_logger("intentflow.orchestrator")
@@ -66,7 +63,7 @@ _RESULT = (
     ("changed_by", "text"),
 )
 
-# Parameters as BATCH_STATE_SQL numbers them ($1-$8: intents.batch_state_args).
+# Parameters as BATCH_STATE_SQL numbers them ($1-$8: intents.BatchRead.args).
 DEFINE_FUNCTION_SQL = (
     f"CREATE OR REPLACE FUNCTION {FUNCTION}"
     "(uuid[], text[], text[], text[], timestamptz, timestamptz, text, text[])"
@@ -97,21 +94,13 @@ UNLOCK_SQL = "SELECT pg_advisory_unlock_all()"
 _UNTRUSTED = (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError, TimeoutError)
 
 
-async def lock_and_read(
-    conn: asyncpg.Connection,
-    signal_ids: Sequence[uuid.UUID],
-    keys: Sequence[DedupKey],
-    earliest: datetime,
-    latest: datetime,
-    window_s: float,
-    assets: Sequence[str] = (),
-) -> BatchState:
-    """Lock these keys for this session (KeyLocks.connection releases them), then read the batch.
+async def lock_and_read(conn: asyncpg.Connection, read: BatchRead) -> BatchState:
+    """Lock read.keys for this session (KeyLocks.connection releases them), then read the batch.
 
-    What intents.read_batch_state_locked reads, in one round trip with the locks; the paper balances
-    of `assets` unlocked, every one of them present (created at 0 if nobody held it).
+    What intents.read_batch_state_locked reads, in one round trip with the locks; the paper
+    balances unlocked, every one of them present (created at 0 if nobody held it).
     """
-    args = batch_state_args(signal_ids, keys, earliest, latest, window_s, assets)
+    args = read.args()
     try:
         rows = await conn.fetch(CALL_SQL, *args)
     except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError):

@@ -16,6 +16,7 @@ from services.orchestrator import key_locks
 from services.orchestrator.decide import DedupKey, dedup_key
 from services.orchestrator.exchanges.paper import PaperExchange
 from services.orchestrator.handlers import OrderPipeline
+from services.orchestrator.intents import BatchRead
 from shared.consumer import Delivery
 from shared.events import SignalEmitted
 from shared.streams import StreamNames
@@ -67,8 +68,7 @@ async def _pipeline(pool: asyncpg.Pool, names: StreamNames, make_settings: Any) 
 
 
 async def _read(conn: asyncpg.Connection, signals: list[SignalEmitted]) -> key_locks.BatchState:
-    return await key_locks.lock_and_read(
-        conn,
+    read = BatchRead(
         [s.signal_id for s in signals],
         sorted({dedup_key(s) for s in signals}),
         min(s.emitted_at for s in signals),
@@ -76,6 +76,7 @@ async def _read(conn: asyncpg.Connection, signals: list[SignalEmitted]) -> key_l
         60.0,
         ["BTC", "USDT"],
     )
+    return await key_locks.lock_and_read(conn, read)
 
 
 async def test_the_read_holds_each_key_for_the_session_until_the_block_ends(pool: asyncpg.Pool) -> None:
