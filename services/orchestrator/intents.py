@@ -138,7 +138,7 @@ def text_array_literal(values: Sequence[str]) -> str:
 # of ix_order_intents_dedup per key, whatever the statistics say. Flattened, a table the
 # planner still thinks small (a fresh deploy, before autovacuum's first ANALYZE) was read
 # whole twice per batch: ~70 µs of PostgreSQL CPU per signal at 20k rows, growing with it.
-def batch_state_sql(held: str) -> str:
+def _batch_state_sql(held: str) -> str:
     return (
         f"WITH {held}"
         " SELECT 'r' AS kind, r.*, NULL::text AS strategy, NULL::timestamptz AS emitted_at,"
@@ -160,7 +160,7 @@ def batch_state_sql(held: str) -> str:
         " SELECT 'h', NULL, NULL, asset, NULL, amount, NULL, NULL, NULL, NULL, NULL, NULL,"
         "  NULL, NULL, NULL, NULL"
         " FROM held"
-        # The transaction's now(): the decided_at of every intent it decides.
+        # The read's now(): the decided_at of every intent decided on it.
         " UNION ALL"
         " SELECT 'n', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, now(),"
         "  NULL, NULL, NULL, NULL"
@@ -171,8 +171,8 @@ def batch_state_sql(held: str) -> str:
 # trip, unlocked (the fills move them by deltas, refused below zero; key_locks runs it) or,
 # LOCKED, locked after the key locks (keys first, then balances by asset; in a
 # locked_transaction).
-BATCH_STATE_SQL = batch_state_sql(f"held AS ({read_balances_sql('$8')})")
-BATCH_STATE_LOCKED_SQL = batch_state_sql(f"held AS ({lock_balances_sql('$8')})")
+BATCH_STATE_SQL = _batch_state_sql(f"held AS ({read_balances_sql('$8')})")
+BATCH_STATE_LOCKED_SQL = _batch_state_sql(f"held AS ({lock_balances_sql('$8')})")
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ async def insert_plans(
     outcomes: Mapping[uuid.UUID, Outcome] | None = None,
     *,
     skip_recorded: bool = True,
-    now: datetime | None = None,
+    now: datetime,
     with_ctes: str = "",
     with_args: Sequence[Any] = (),
 ) -> list[IntentRow]:
@@ -264,8 +264,8 @@ async def insert_plans(
     skip_recorded: a signal already recorded is left alone (ON CONFLICT DO NOTHING); without
     it a recorded signal raises, rolling back whatever the transaction did for it (its order).
     now: the batch read's now() (BatchState.now), written as the decided_at of every decided
-    row (else the insert's own now()); without skip_recorded every row is then known to be
-    inserted with it, so none is sent back.
+    row; without skip_recorded every row is then known to be inserted with it, so none is
+    sent back.
     with_ctes/with_args: data-modifying CTEs (parameters from $1) run in the same statement,
     e.g. the paper fills of these intents: one round trip for both.
     """
@@ -278,10 +278,9 @@ async def insert_plans(
         outcome = found.get(p.intent_id) if p.decision is None else None
         extra.append(outcome)
         decisions.append(p.decision or (outcome.decision if outcome else None))
-    every_row = not skip_recorded and now is not None
+    every_row = not skip_recorded
     conflict = " ON CONFLICT (signal_id) DO NOTHING" if skip_recorded else ""
-    insert = INSERT_INTENTS_SQL.replace(_DECIDED_AT, "$2::timestamptz" if now is not None else "now()")
-    sql = f"{insert}{conflict}" + ("" if every_row else " RETURNING signal_id, decided_at")
+    sql = f"{INSERT_INTENTS_SQL}{conflict}" + ("" if every_row else " RETURNING signal_id, decided_at")
     if with_ctes:
         shift = len(with_args)
         sql = f"WITH {with_ctes} " + re.sub(r"\$(\d+)", lambda m: f"${int(m[1]) + shift}", sql)
@@ -308,7 +307,7 @@ async def insert_plans(
             )
             for p, d, o in zip(plans, decisions, extra, strict=True)
         ),
-        *(() if now is None else (now,)),
+        now,
     )
     sent = zip(plans, decisions, extra, strict=True)
     written: Iterable[tuple[Plan, Decision | None, Outcome | None, datetime | None]]
@@ -350,10 +349,9 @@ INSERT_INTENTS_SQL = (
     " quantity, exchange_order_id, error_message)"
     " SELECT (r->>0)::uuid, (r->>1)::uuid, r->>2, r->>3, r->>4, r->>5, r->>6, (r->>7)::numeric,"
     "  r->>8, r->>9, r->>10, r->>11, (r->>12)::timestamptz,"
-    "  CASE WHEN r->>8 <> 'PENDING' THEN {decided_at} END, (r->>13)::numeric, r->>14, r->>15"
+    "  CASE WHEN r->>8 <> 'PENDING' THEN $2::timestamptz END, (r->>13)::numeric, r->>14, r->>15"
     " FROM jsonb_array_elements($1::text::jsonb) AS r"
 )
-_DECIDED_AT = "{decided_at}"
 
 
 class Outcome(NamedTuple):

@@ -43,7 +43,7 @@ log = get_logger("intentflow.orchestrator")
 
 FUNCTION = "pg_temp.intentflow_lock_and_read_batch"
 
-# The batch read's columns (intents.batch_state_sql), as the function returns them.
+# The batch read's columns (intents.BATCH_STATE_SQL), as the function returns them.
 _RESULT = (
     ("kind", "text"),
     ("id", "uuid"),
