@@ -20,6 +20,7 @@ from services.orchestrator.exchanges.paper import lock_balances_sql, read_balanc
 from shared.db import json_default, json_rows
 from shared.events import IntentStatus, OrderDecided
 from shared.streams import EVENT_FIELD, TYPE_FIELD
+from shared.tables import DEDUP_KEY_HASH, dedup_key_hash
 
 BRAKE_FLAG = "brake"
 
@@ -135,9 +136,10 @@ def text_array_literal(values: Sequence[str]) -> str:
 
 # Each part is a LATERAL subquery fenced with OFFSET 0, so the planner cannot flatten it
 # into a join: one index probe per signal (the unique signal_id) and one index range scan
-# of ix_order_intents_dedup per key, whatever the statistics say. Flattened, a table the
-# planner still thinks small (a fresh deploy, before autovacuum's first ANALYZE) was read
-# whole twice per batch: ~70 µs of PostgreSQL CPU per signal at 20k rows, growing with it.
+# of ix_order_intents_dedup_key per key (its hash; the key's columns checked on what it
+# finds), whatever the statistics say. Flattened, a table the planner still thinks small (a
+# fresh deploy, before autovacuum's first ANALYZE) was read whole twice per batch: ~70 µs of
+# PostgreSQL CPU per signal at 20k rows, growing with it.
 def _batch_state_sql(held: str) -> str:
     return (
         f"WITH {held}"
@@ -150,7 +152,8 @@ def _batch_state_sql(held: str) -> str:
         "  k.strategy, i.emitted_at, NULL, NULL"
         " FROM unnest($2::text[], $3::text[], $4::text[]) AS k(symbol, side, strategy)"
         " CROSS JOIN LATERAL (SELECT emitted_at FROM order_intents"
-        "   WHERE symbol = k.symbol AND side = k.side AND strategy = k.strategy"
+        f"   WHERE {DEDUP_KEY_HASH} = {dedup_key_hash('k.symbol', 'k.side', 'k.strategy')}"
+        "     AND symbol = k.symbol AND side = k.side AND strategy = k.strategy"
         "     AND emitted_at > $5 AND emitted_at < $6 AND status <> 'DEDUP_SKIPPED' OFFSET 0) AS i"
         " UNION ALL"
         " SELECT 'b', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, changed_at,"

@@ -6,6 +6,7 @@ import asyncpg
 import pytest
 
 from services.orchestrator import intents
+from shared.tables import DEDUP_KEY_HASH, dedup_key_hash
 
 
 async def test_a_locked_transaction_switches_only_itself_to_cached_index_plans(pool: asyncpg.Pool) -> None:
@@ -39,7 +40,7 @@ async def test_the_batch_read_planned_on_empty_tables_probes_the_indexes(pool: a
             await conn.execute("DEALLOCATE batch_state")
             assert "Seq Scan on order_intents" not in plan, plan
             assert "Index Cond: (signal_id = s.id)" in plan, plan  # one probe per signal
-            assert "Index Scan using ix_order_intents_dedup" in plan, plan  # one range per key
+            assert "Index Scan using ix_order_intents_dedup_key" in plan, plan  # one range per key
 
 
 async def test_the_lock_ids_are_hashtextextended_of_each_key(pool: asyncpg.Pool) -> None:
@@ -55,6 +56,19 @@ async def test_the_lock_ids_are_hashtextextended_of_each_key(pool: asyncpg.Pool)
             ["\x1f".join(k) for k in keys],
         )
     assert sorted(r["id"] for r in held) == sorted(r["id"] for r in expected)
+
+
+async def test_the_dedup_index_key_is_the_lock_id_of_the_key(pool: asyncpg.Pool) -> None:
+    # One hash for both: the index's expression over order_intents' columns, and the lock ids.
+    keys = [("BTC_USDT", "BUY", "s1"), ("ETH-USDT", "SELL", "bench:x:1"), ("A_B", "BUY", "ünï")]
+    for key in keys:
+        indexed = await pool.fetchval(
+            f"SELECT {DEDUP_KEY_HASH} FROM (SELECT $1::varchar(32) AS symbol, $2::varchar(4) AS side,"
+            " $3::varchar(64) AS strategy) AS i",
+            *key,
+        )
+        assert indexed == await pool.fetchval("SELECT hashtextextended($1, 0)", "\x1f".join(key))
+    assert len({await pool.fetchval(f"SELECT {dedup_key_hash('$1', '$2', '$3')}", *k) for k in keys}) == 3
 
 
 async def test_a_locked_transaction_commits_at_its_end_and_rolls_back_on_an_error(pool: asyncpg.Pool) -> None:
