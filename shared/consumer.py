@@ -593,25 +593,31 @@ return #owned
 # {0, entries} once published and acknowledged, entries being what XREADGROUP … > read next
 # (not blocking: a script cannot wait).
 # A script is not rolled back when a command fails: XACK comes last, so a failed XADD acks nothing.
+# Ownership: one XPENDING of this consumer's entries from the first id to the last (a batch is
+# read in stream order, so that is usually all of them and nothing else); an id it does not list
+# (ids out of order, or more of ours in between than it returned) is asked about on its own.
 _ACK_AND_PUBLISH = """
 local ids = cjson.decode(ARGV[4])
 local not_owned = 0
-for _, id in ipairs(ids) do
-  if #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2]) == 0 then
-    not_owned = not_owned + 1
+if #ids > 0 then
+  local mine = {}
+  for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], ids[1], ids[#ids], #ids, ARGV[2])) do
+    mine[p[1]] = true
+  end
+  for _, id in ipairs(ids) do
+    if not mine[id] and #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2]) == 0 then
+      not_owned = not_owned + 1
+    end
   end
 end
 if not_owned > 0 then return {not_owned} end
+local maxlen = ARGV[3]
 for _, fields in ipairs(cjson.decode(ARGV[5])) do
-  local xadd = {'XADD', KEYS[2]}
-  if ARGV[3] ~= '' then
-    xadd[#xadd + 1] = 'MAXLEN'
-    xadd[#xadd + 1] = '~'
-    xadd[#xadd + 1] = ARGV[3]
+  if maxlen ~= '' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', unpack(fields))
+  else
+    redis.call('XADD', KEYS[2], '*', unpack(fields))
   end
-  xadd[#xadd + 1] = '*'
-  for _, part in ipairs(fields) do xadd[#xadd + 1] = part end
-  redis.call(unpack(xadd))
 end
 if #ids > 0 then redis.call('XACK', KEYS[1], ARGV[1], unpack(ids)) end
 if tonumber(ARGV[6]) > 0 then

@@ -555,6 +555,25 @@ async def test_entries_claimed_by_another_consumer_are_neither_published_nor_ack
     assert await owners(redis, names) == {i: "thief" if i in taken else "c1" for i in ids}
 
 
+@pytest.mark.parametrize("order", ["reversed", "with ours in between"])
+async def test_ownership_is_checked_for_every_id_whatever_their_order(redis, names, order) -> None:
+    # The script lists this consumer's entries from the first id to the last, as many as there
+    # are ids; an id that listing misses is asked about on its own, owned or not.
+    target = names.key("settled")
+    sigs = [signal() for _ in range(5)]
+    ids = await read_as(redis, names, "c1", sigs)
+    batch = ids[::-1] if order == "reversed" else [ids[0], ids[3], ids[4]]
+    consumer = make_consumer(redis, names, Recorder(), "c1")
+    await redis.xclaim(names.signals, GROUP, "thief", min_idle_time=0, message_ids=[ids[4]])
+    settlement = Settlement(target, [encode_entry(sigs[0])])
+    assert await consumer.ack_and_publish(batch, settlement, asyncio.Event()) is False
+    assert await redis.exists(target) == 0
+    await redis.xclaim(names.signals, GROUP, "c1", min_idle_time=0, message_ids=[ids[4]])
+    assert await consumer.ack_and_publish(batch, settlement, asyncio.Event()) is True
+    assert await owners(redis, names) == {i: "c1" for i in ids if i not in batch}
+    assert await published(redis, target) == [list(encode_entry(sigs[0]).items())]
+
+
 async def test_a_batch_claimed_while_in_hand_is_not_settled_by_its_old_owner(redis, names) -> None:
     # The handler was paused past CLAIM_IDLE_MS (a GC stop, a frozen VM): another consumer
     # claimed the batch and will handle and publish it; the old owner must publish nothing.
