@@ -16,6 +16,7 @@ def _restore_thresholds() -> Iterator[None]:
     before = gc.get_threshold()
     yield
     gc.set_threshold(*before)
+    gc.unfreeze()
 
 
 def test_a_service_runs_with_the_service_gc_thresholds() -> None:
@@ -29,3 +30,14 @@ def test_a_service_runs_with_the_service_gc_thresholds() -> None:
 
     assert seen == [GC_THRESHOLDS]
     assert GC_THRESHOLDS[0] > 700
+
+
+def test_a_service_leaves_what_its_start_made_out_of_full_collections() -> None:
+    frozen: list[int] = []
+
+    async def main(stop: asyncio.Event) -> None:
+        frozen.append(gc.get_freeze_count())  # the objects full collections no longer walk
+
+    gc.unfreeze()
+    run_service(main)
+    assert frozen and frozen[0] > 1000
