@@ -24,19 +24,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlmodel import Field, SQLModel
 
+from shared.dedup_key import DEDUP_KEY_HASH
+
 NUMERIC = Numeric(38, 18)
 
-
-def dedup_key_hash(symbol: str = "symbol", side: str = "side", strategy: str = "strategy") -> str:
-    """SQL for a dedup key (symbol, side, strategy) as one bigint: its parts joined by U+001F and
-    hashed as its advisory lock id is (services/orchestrator/intents.py). Indexed, with emitted_at,
-    over order_intents' own columns (DEDUP_KEY_HASH); a lookup gives its key's expressions."""
-    # Written as PostgreSQL prints the index expression back, so that alembic sees it unchanged.
-    sep = f"'{chr(31)}'::text"
-    return f"hashtextextended(((({symbol}::text || {sep}) || {side}::text) || {sep}) || {strategy}::text, 0::bigint)"
-
-
-DEDUP_KEY_HASH = dedup_key_hash()
 
 SENT_SIGNAL = "blocked = false AND (message LIKE '%BUY SIGNAL%' OR message LIKE '%SELL SIGNAL%')"
 

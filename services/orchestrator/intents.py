@@ -18,9 +18,9 @@ from services.orchestrator.decide import Decision, DedupKey, Plan
 from services.orchestrator.exchanges.base import client_order_id
 from services.orchestrator.exchanges.paper import lock_balances_sql, read_balances_sql
 from shared.db import json_default, json_rows
+from shared.dedup_key import DEDUP_KEY_HASH, dedup_key_hash
 from shared.events import IntentStatus, OrderDecided
 from shared.streams import EVENT_FIELD, TYPE_FIELD
-from shared.tables import DEDUP_KEY_HASH, dedup_key_hash
 
 BRAKE_FLAG = "brake"
 

@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from services.orchestrator import intents
-from shared.tables import DEDUP_KEY_HASH, dedup_key_hash
+from shared.dedup_key import DEDUP_KEY_HASH, dedup_key_hash
 
 
 async def test_a_locked_transaction_switches_only_itself_to_cached_index_plans(pool: asyncpg.Pool) -> None:

@@ -23,3 +23,18 @@ def test_the_command_line_imports_no_service_server_or_bot_client():
     assert "services.cli" in loaded
     heavy = {"aiohttp.web", "aiogram", "services.telegram_sandbox.app", "alembic", "sqlalchemy"}
     assert not heavy & loaded
+
+
+def test_the_orchestrator_does_not_load_the_table_models() -> None:
+    # sqlmodel and the table models are for migrations and tests: ~10 MB the orchestrator would hold.
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, services.orchestrator.app; print('\\n'.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = set(done.stdout.split())
+    assert "services.orchestrator.intents" in loaded
+    assert not {"sqlmodel", "shared.tables"} & loaded
