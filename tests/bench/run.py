@@ -16,6 +16,10 @@ a CHECKPOINT and a sync, so that it does not pay for writing out what the drains
 
 Environment knobs: BENCH_EVENTS (20000), BENCH_ROUNDS (3), BENCH_RATE (1000), BENCH_SECONDS
 (20), BENCH_BURST (200), BENCH_SKIP_DIAGNOSTICS=1 (skip planting two million rows).
+
+Each latency window runs beside a CPU-bound probe (tests/bench/stall_probe.py): how often
+the machine itself ran a fixed piece of work five times slower or worse, and the time lost,
+as `raw_latency_machine_stalls` and `latency_machine_stalls`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from shared.redis import create_redis
 from shared.streams import GROUP_NOTIFIER, StreamNames
 from tests.bench import bench_orchestrator, bench_telegram, raw_baseline
 from tests.bench.load import progress, publish_burst, signal_entry
+from tests.bench.stall_probe import Probe
 from tests.support import servers
 from tests.support.procs import Proc, intentflow, wait_for_log
 
@@ -219,11 +224,13 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
 
         progress(f"raw loop latency: {rate:.0f} events/s for {seconds:.0f} s")
         checkpointed = await _write_out(database_url)
-        result.update(
-            await raw_baseline.latency(
-                redis, redis_url, database_url, f"{prefix}raw-latency", rate=rate, seconds=seconds
+        with Probe() as probe:
+            result.update(
+                await raw_baseline.latency(
+                    redis, redis_url, database_url, f"{prefix}raw-latency", rate=rate, seconds=seconds
+                )
             )
-        )
+        result["raw_latency_machine_stalls"] = probe.result
 
         progress(f"orchestrator throughput: {events} signals published while it consumes")
         live = await bench_orchestrator.throughput(
@@ -236,7 +243,10 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
         progress(f"orchestrator latency: {rate:.0f} signals/s for {seconds:.0f} s")
         checkpointed = await _write_out(database_url) and checkpointed
         result["latency_after_checkpoint"] = checkpointed
-        result.update(await bench_orchestrator.latency(redis, names, rate, seconds))
+        with Probe() as probe:
+            result.update(await bench_orchestrator.latency(redis, names, rate, seconds))
+        result["latency_machine_stalls"] = probe.result
+        progress(f"the machine during that window: {probe.result}")
 
         progress(f"scaling out: a second orchestrator process, {events} signals at once")
         procs["orchestrator-2"] = Proc(
