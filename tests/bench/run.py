@@ -17,9 +17,10 @@ a CHECKPOINT and a sync, so that it does not pay for writing out what the drains
 Environment knobs: BENCH_EVENTS (20000), BENCH_ROUNDS (3), BENCH_RATE (1000), BENCH_SECONDS
 (20), BENCH_BURST (200), BENCH_SKIP_DIAGNOSTICS=1 (skip planting two million rows).
 
-Each latency window runs beside a CPU-bound probe (tests/bench/stall_probe.py): how often
-the machine itself ran a fixed piece of work five times slower or worse, and the time lost,
-as `raw_latency_machine_stalls` and `latency_machine_stalls`.
+Each latency window runs beside a CPU-bound probe (tests/bench/stall_probe.py): how often a
+fixed piece of runnable work took five times its time or more (the VM taking its vCPUs away,
+or waits for a CPU others hold), and the time lost, as `raw_latency_machine_stalls` and
+`latency_machine_stalls`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""How much the machine itself stalled during a measurement window: a CPU-bound probe.
+"""How the machine served runnable work during a measurement window: a CPU-bound probe.
 
-A probe that sleeps and measures its own oversleep misses it; one that works sees it: every
-`every_s` it times a fixed piece of pure-Python work, calibrated at its start, and counts the
-pieces that took `slow_x` times as long or more. On an idle VM whose vCPUs are taken away now
-and then, that is the time a signal in hand waited too, whatever the system under test did.
-Its own cost: ~0.2 ms of work every 20 ms, 1 % of a core.
+A probe that sleeps and measures its own oversleep misses a VM's vCPUs being taken away; one
+that works sees it: every `every_s` it times a fixed piece of pure-Python work, calibrated at
+its start, and counts the pieces that took `slow_x` times as long or more. Under load that
+also counts waits for a CPU the processes under test hold (a signal in hand waits the same
+way); on the idle machine it shows the VM alone. Its own cost: ~0.2 ms of work every 20 ms,
+1 % of a core.
 
 Run as `python -m tests.bench.stall_probe`: it probes until its stdin closes, then prints one
 JSON summary after a "ready" line (`Probe` starts and stops it around a window).
