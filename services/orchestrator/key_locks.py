@@ -37,6 +37,7 @@ import asyncpg
 
 from services.orchestrator.exchanges.paper import create_missing_balances_sql
 from services.orchestrator.intents import BATCH_STATE_SQL, BatchRead, BatchState, batch_state_of
+from shared.dedup_key import dedup_key_hash
 from shared.logging import get_logger
 
 log = get_logger("intentflow.orchestrator")
@@ -74,7 +75,8 @@ DEFINE_FUNCTION_SQL = (
     "#variable_conflict use_column\n"
     "DECLARE lock_id bigint;\n"
     "BEGIN\n"
-    "  FOR lock_id IN SELECT DISTINCT hashtextextended(concat_ws(chr(31), k.s, k.d, k.t), 0) AS h\n"
+    # The lock id is the key's hash as ix_order_intents_dedup_key indexes it (one expression).
+    f"  FOR lock_id IN SELECT DISTINCT {dedup_key_hash('k.s', 'k.d', 'k.t')} AS h\n"
     "    FROM unnest($2, $3, $4) AS k(s, d, t) ORDER BY h\n"
     "  LOOP\n"
     "    PERFORM pg_advisory_lock(lock_id);\n"
