@@ -152,12 +152,16 @@ class PaperBalance(SQLModel, table=True):
 
 
 class PaperOrder(SQLModel, table=True):
-    """An order the paper exchange filled; one per client order id."""
+    """An order the paper exchange filled; one per client order id (its key).
+
+    `id` is the order id the exchange answers with ("paper-" and 32 random hex digits):
+    unique by construction, and never looked up, so it has no index (migration 0007).
+    """
 
     __tablename__ = "paper_orders"
 
-    id: str = Field(sa_column=Column(String(64), primary_key=True))
-    client_order_id: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    client_order_id: str = Field(sa_column=Column(String(64), primary_key=True))
+    id: str = Field(sa_column=Column(String(64), nullable=False))
     symbol: str = Field(sa_column=Column(String(32), nullable=False))
     side: str = Field(sa_column=Column(String(4), nullable=False))
     price: Decimal = Field(sa_column=Column(NUMERIC, nullable=False))

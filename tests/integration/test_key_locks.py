@@ -128,6 +128,32 @@ async def test_a_batch_waits_for_its_key_and_then_sees_what_the_holder_committed
     await pipeline.close()
 
 
+async def test_the_keys_are_locked_in_lock_id_order(pool: asyncpg.Pool) -> None:
+    """Every batch takes its keys in one order, so two batches never wait on each other in a
+    cycle: held up at one key, a batch holds exactly the keys below it, and none above."""
+    signals = [signal(strategy=f"order:{uuid.uuid4().hex[:8]}") for _ in range(40)]
+    by_id = {(await _lock_ids(pool, [dedup_key(s)]))[0]: s for s in signals}
+    ids = sorted(by_id)
+    assert len(ids) == len(signals)  # 40 distinct lock ids
+    middle = ids[len(ids) // 2]
+    locks = key_locks.KeyLocks(pool)
+    started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def batch() -> None:
+        async with locks.connection() as conn:
+            started.set_result(conn.get_server_pid())
+            await _read(conn, signals)
+
+    async with _holding_key(pool, dedup_key(by_id[middle])) as holder:
+        task = asyncio.create_task(batch())
+        pid = await started
+        await eventually(lambda: pool.fetchval(WAITING_ON_A_KEY), what="the batch waiting on the middle key")
+        assert await _held_by(pool, pid) == ids[: len(ids) // 2]
+        await holder.execute("COMMIT")
+        await asyncio.wait_for(task, 10)
+    await locks.wait_released()
+
+
 async def test_a_failed_statement_lets_the_keys_go_before_its_error(pool: asyncpg.Pool) -> None:
     locks = key_locks.KeyLocks(pool)
     with pytest.raises(asyncpg.DivisionByZeroError):

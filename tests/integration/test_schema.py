@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -51,3 +52,40 @@ async def test_an_intent_key_is_its_id_and_a_signal_has_one_intent(pool: asyncpg
         await pool.execute(insert, other, uuid.uuid4(), f"if-{first.hex}")
     with pytest.raises(asyncpg.UniqueViolationError):  # a second intent for the signal
         await pool.execute(insert, other, signal, f"if-{other.hex}")
+
+
+PAPER_ORDER = (
+    "INSERT INTO paper_orders (id, client_order_id, symbol, side, price, quantity, quote_amount)"
+    " VALUES ($1, $2, 'BTC_USDT', 'BUY', 50000, 0.002, 100)"
+)
+
+
+async def _paper_order_indexes(pool: asyncpg.Pool) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT pg_get_indexdef(indexrelid) AS d FROM pg_index WHERE indrelid = 'paper_orders'::regclass"
+    )
+    return sorted(r["d"].split(" USING ")[1] for r in rows)
+
+
+async def test_a_paper_order_is_keyed_by_its_client_order_id_alone(pool: asyncpg.Pool) -> None:
+    await pool.execute(PAPER_ORDER, "paper-1", "if-1")
+    with pytest.raises(asyncpg.UniqueViolationError):  # one order per client order id
+        await pool.execute(PAPER_ORDER, "paper-2", "if-1")
+    assert await _paper_order_indexes(pool) == ["btree (client_order_id)"]
+
+
+async def test_migration_0007_goes_down_and_up_with_paper_orders_in_it(
+    database_url: str, pool: asyncpg.Pool
+) -> None:
+    from alembic import command
+
+    from shared.db import _alembic_config, migrate
+
+    await pool.execute(PAPER_ORDER, "paper-1", "if-1")
+    await asyncio.to_thread(command.downgrade, _alembic_config(database_url), "0006")
+    assert await _paper_order_indexes(pool) == ["btree (client_order_id)", "btree (id)"]
+    with pytest.raises(asyncpg.UniqueViolationError):  # the earlier key on id is back
+        await pool.execute(PAPER_ORDER, "paper-1", "if-2")
+    await asyncio.to_thread(migrate, database_url)
+    assert await _paper_order_indexes(pool) == ["btree (client_order_id)"]
+    assert await pool.fetchval("SELECT id FROM paper_orders WHERE client_order_id = 'if-1'") == "paper-1"
