@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 from services.orchestrator.exchanges.paper import create_missing_balances_sql
-from services.orchestrator.intents import BATCH_STATE_SQL, BatchRead, BatchState, batch_state_of
+from services.orchestrator.intents import BATCH_STATE_SQL, KEYS_SQL, BatchRead, BatchState, batch_state_of
 from shared.dedup_key import dedup_key_hash
 from shared.logging import get_logger
 
@@ -64,10 +64,10 @@ _RESULT = (
     ("changed_by", "text"),
 )
 
-# Parameters as BATCH_STATE_SQL numbers them ($1-$8: intents.BatchRead.args).
+# Parameters as BATCH_STATE_SQL numbers them ($1-$6: intents.BatchRead.args).
 DEFINE_FUNCTION_SQL = (
     f"CREATE OR REPLACE FUNCTION {FUNCTION}"
-    "(uuid[], text[], text[], text[], timestamptz, timestamptz, text, text[])"
+    "(text, text, timestamptz, timestamptz, text, text[])"
     f" RETURNS TABLE ({', '.join(f'{name} {kind}' for name, kind in _RESULT)})"
     " LANGUAGE plpgsql VOLATILE"
     " SET plan_cache_mode = force_generic_plan SET enable_seqscan = off"
@@ -79,17 +79,17 @@ DEFINE_FUNCTION_SQL = (
     # volatile function in the select list is evaluated after the ORDER BY's sort (PostgreSQL
     # 9.6 and later), so the locks are still taken in lock-id order.
     "  PERFORM pg_advisory_lock(h)\n"
-    f"    FROM (SELECT DISTINCT {dedup_key_hash('k.s', 'k.d', 'k.t')} AS h\n"
-    "          FROM unnest($2, $3, $4) AS k(s, d, t)) AS locks\n"
+    f"    FROM (SELECT DISTINCT {dedup_key_hash('k.symbol', 'k.side', 'k.strategy')} AS h\n"
+    f"          FROM ({KEYS_SQL.format('$2')}) AS k) AS locks\n"
     "    ORDER BY h;\n"
-    f"  {create_missing_balances_sql('$8')};\n"
+    f"  {create_missing_balances_sql('$6')};\n"
     f"  RETURN QUERY SELECT {', '.join(f'q.{name}::{kind}' for name, kind in _RESULT)}\n"
     f"    FROM ({BATCH_STATE_SQL}) AS q;\n"
     "END\n"
     "$body$"
 )
 
-CALL_SQL = f"SELECT * FROM {FUNCTION}($1, $2, $3, $4, $5, $6, $7, $8)"
+CALL_SQL = f"SELECT * FROM {FUNCTION}($1, $2, $3, $4, $5, $6)"
 
 UNLOCK_SQL = "SELECT pg_advisory_unlock_all()"
 

@@ -272,7 +272,7 @@ async def test_the_batch_read_probes_indexes_on_a_table_never_analyzed(pool: asy
     # A fresh deploy: thousands of intents before autovacuum's first ANALYZE. Flattened into
     # joins, the batch read scanned the whole table twice per batch; fenced, it probes the
     # signal_id and dedup indexes once per signal and key, whatever the planner believes.
-    from services.orchestrator.intents import BATCH_STATE_SQL
+    from services.orchestrator.intents import BATCH_STATE_SQL, BatchRead
 
     await pool.execute("ALTER TABLE order_intents SET (autovacuum_enabled = false)")
     await pool.execute(
@@ -285,17 +285,15 @@ async def test_the_batch_read_probes_indexes_on_a_table_never_analyzed(pool: asy
     ids = [r["signal_id"] for r in await pool.fetch("SELECT signal_id FROM order_intents LIMIT 100")]
     keys = [("BTC_USDT", "BUY", f"s{g}") for g in range(1, 101)]
     async with pool.acquire() as conn:
-        plan = await conn.fetch(
-            "EXPLAIN " + BATCH_STATE_SQL,
+        read = BatchRead(
             ids,
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [k[2] for k in keys],
+            keys,
             await conn.fetchval("SELECT now() - interval '1 hour'"),
             await conn.fetchval("SELECT now()"),
-            "brake",
+            0.0,
             ["BTC", "USDT"],
         )
+        plan = await conn.fetch("EXPLAIN " + BATCH_STATE_SQL, *read.args())
     text = "\n".join(r[0] for r in plan)
     assert "Seq Scan on order_intents" not in text, text
     assert text.count("Index Scan") + text.count("Index Only Scan") >= 2, text
