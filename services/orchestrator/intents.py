@@ -15,7 +15,6 @@ import asyncpg
 import orjson
 
 from services.orchestrator.decide import Decision, DedupKey, Plan
-from services.orchestrator.exchanges.base import client_order_id
 from services.orchestrator.exchanges.paper import lock_balances_sql, read_balances_sql
 from shared.db import json_default, json_rows
 from shared.dedup_key import DEDUP_KEY_HASH, dedup_key_hash
@@ -298,7 +297,6 @@ async def insert_plans(
             (
                 p.intent_id,
                 p.signal.signal_id,
-                client_order_id(p.intent_id),
                 p.signal.symbol,
                 p.signal.side,
                 p.signal.strategy,
@@ -350,14 +348,16 @@ async def insert_plans(
     return out
 
 
-# One row per plan, sent as JSON (shared.db.json_rows): column k of row r is r->>k.
+# One row per plan, sent as JSON (shared.db.json_rows): column k of row r is r->>k. The
+# idempotency key is derived from the id here (exchanges.base.client_order_id; the table's
+# CHECK holds the two equal), from the id's canonical text as orjson writes it.
 INSERT_INTENTS_SQL = (
     "INSERT INTO order_intents (id, signal_id, idempotency_key, symbol, side, strategy, source,"
     " price, status, decision_type, reason_code, reason_message, emitted_at, decided_at,"
     " quantity, exchange_order_id, error_message)"
-    " SELECT (r->>0)::uuid, (r->>1)::uuid, r->>2, r->>3, r->>4, r->>5, r->>6, (r->>7)::numeric,"
-    "  r->>8, r->>9, r->>10, r->>11, (r->>12)::timestamptz,"
-    "  CASE WHEN r->>8 <> 'PENDING' THEN $2::timestamptz END, (r->>13)::numeric, r->>14, r->>15"
+    " SELECT (r->>0)::uuid, (r->>1)::uuid, 'if-' || replace(r->>0, '-', ''), r->>2, r->>3, r->>4,"
+    "  r->>5, (r->>6)::numeric, r->>7, r->>8, r->>9, r->>10, (r->>11)::timestamptz,"
+    "  CASE WHEN r->>7 <> 'PENDING' THEN $2::timestamptz END, (r->>12)::numeric, r->>13, r->>14"
     " FROM jsonb_array_elements($1::text::jsonb) AS r"
 )
 
