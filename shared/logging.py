@@ -81,11 +81,7 @@ def _add_level_and_time(
 def _render_json(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
     if "exc_info" in event_dict:
         event_dict = structlog.processors.format_exc_info(logger, method, event_dict)
-    try:
-        text = orjson.dumps(event_dict, default=_as_json, option=_ORJSON_OPTIONS).decode()
-    except TypeError:  # what orjson refuses (an int beyond 64 bits, a tuple key) json can say
-        text = json.dumps(event_dict, default=_as_json, ensure_ascii=False)
-    return scrub(text)
+    return scrub(_json_text(event_dict))
 
 
 def _values_as_text(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -260,6 +256,14 @@ def get_logger(name: str | None = None) -> Any:
     return _Logger(name)
 
 
+def _json_text(event_dict: Mapping[str, Any]) -> str:
+    """A line's JSON object (not yet scrubbed)."""
+    try:
+        return orjson.dumps(event_dict, default=_as_json, option=_ORJSON_OPTIONS).decode()
+    except TypeError:  # what orjson refuses (an int beyond 64 bits, a tuple key) json can say
+        return json.dumps(event_dict, default=_as_json, ensure_ascii=False)
+
+
 def _log_each_json(
     lines: _Lines, method: str, event: str, context: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]
 ) -> None:
@@ -272,8 +276,26 @@ def _log_each_json(
     extra = structlog.contextvars.get_contextvars()  # what merge_contextvars adds to a line
     level = _LEVEL_OF_METHOD.get(method, method)
     now = datetime.now(UTC)
+    # What every line adds to its row, rendered once: a row whose keys it does not hold is
+    # its own JSON object with this one's members after them (the same line, keys reordered).
+    tail = {**extra, **context, "event": event, "level": level, "timestamp": now}
+    tail_json = _json_text(tail)
     out: list[str] = []
     for row in rows:
+        if not row:
+            out.append(tail_json)
+            continue
+        if tail.keys().isdisjoint(row) and "exc_info" not in row:
+            try:
+                out.append(
+                    orjson.dumps(row, default=_as_json, option=_ORJSON_OPTIONS).decode()[:-1]
+                    + ","
+                    + tail_json[1:]
+                )
+                continue
+            except TypeError:  # rendered below, with json where orjson refuses
+                pass
+        # A row that sets a key the line sets too: merged as the processors merge them.
         event_dict: MutableMapping[str, Any] = {**context, **row, "event": event}
         for key, value in extra.items():
             event_dict.setdefault(key, value)
@@ -281,9 +303,6 @@ def _log_each_json(
         event_dict["timestamp"] = now
         if "exc_info" in event_dict:
             event_dict = structlog.processors.format_exc_info(None, method, event_dict)
-        try:
-            out.append(orjson.dumps(event_dict, default=_as_json, option=_ORJSON_OPTIONS).decode())
-        except TypeError:  # as _render_json: what orjson refuses, json can say
-            out.append(json.dumps(event_dict, default=_as_json, ensure_ascii=False))
+        out.append(_json_text(event_dict))
     if out:
         lines.msg(scrub("\n".join(out)))

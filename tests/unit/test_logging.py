@@ -254,3 +254,21 @@ def test_log_each_writes_the_lines_one_call_per_row_writes(fmt: str) -> None:
         # Console lines start with their timestamp; the rest is the same.
         assert [line.split(" ", 2)[2] for line in lines[3:]] == [line.split(" ", 2)[2] for line in lines[:3]]
         assert f"signal_id={uuid.UUID(int=0)}" in lines[3] and "UUID(" not in out
+
+
+def test_log_each_writes_a_row_orjson_refuses_as_one_call_would() -> None:
+    out = stderr_of(
+        """
+        from shared.logging import log_each
+        rows = [dict(signal_id="s-1", big=2**70), dict(signal_id="s-2", big=1)]
+        for row in rows:
+            log.info("intent decided", **row)
+        log_each(log, "info", "intent decided", rows)
+        """,
+        fmt="json",
+    )
+    lines = json_lines(out)
+    for line in lines:
+        line.pop("timestamp")
+    assert lines[2:] == lines[:2]
+    assert lines[2]["big"] == 2**70 and lines[3]["event"] == "intent decided"
