@@ -141,17 +141,39 @@ async def test_a_sigkilled_orchestrators_batch_is_claimed_and_its_name_removed(
     sigs = [signal() for _ in range(400)]
     victim = start("orchestrator", env, tmp_path / "logs")
     await await_log(victim, READY_LOGS["orchestrator"], timeout=60)
-    for sig in sigs:
-        await xadd(redis, names.signals, sig)
 
     async def decided() -> int:
         return int(await pool.fetchval("SELECT count(*) FROM order_intents WHERE status <> 'PENDING'"))
 
-    await eventually(decided, until=lambda n: n > 0, timeout=30, interval=0.01)
-    victim.kill()
-    held: Any = await redis.xpending(names.signals, GROUP_ORCHESTRATOR)
-    assert held["pending"] > 0, "the victim was killed between batches; nothing in hand to claim"
-    (dead_name,) = [c["name"] for c in held["consumers"]]
+    async def waiting_on_a_key() -> int:
+        return int(
+            await pool.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        )
+
+    # The last signal's dedup key is held elsewhere (its lock id: hashtextextended of symbol,
+    # side and strategy joined by U+001F), so the batch that holds it is in the victim's hand,
+    # waiting for its key, when the victim is killed; the others may all be decided by then:
+    # it drains 400 signals faster than a test can look.
+    async with pool.acquire() as holder:
+        await holder.execute("BEGIN")
+        await holder.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            "\x1f".join((sigs[-1].symbol, sigs[-1].side.value, sigs[-1].strategy)),
+        )
+        for sig in sigs:
+            await xadd(redis, names.signals, sig)
+        await eventually(decided, until=lambda n: n > 0, timeout=30)
+        await eventually(
+            waiting_on_a_key, until=lambda n: n > 0, timeout=30, what="a batch waiting on its key"
+        )
+        victim.kill()
+        held: Any = await redis.xpending(names.signals, GROUP_ORCHESTRATOR)
+        assert held["pending"] > 0, "the victim was killed between batches; nothing in hand to claim"
+        (dead_name,) = [c["name"] for c in held["consumers"]]
+        await holder.execute("COMMIT")
 
     heir = start("orchestrator", env, tmp_path / "logs")
     try:
