@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -121,16 +122,24 @@ class OrderPipeline:
             # Keys, then balances, locked in one transaction until it commits.
             async with self.pool.acquire() as conn, intents.locked_transaction(conn, keys):
                 state = await intents.read_batch_state_locked(conn, read)
-                return await self._decide(conn, signals, state)
-        # Keys locked for the session, two statements that each commit, then the locks let go.
+                return await self._decide(conn, signals, state, commit=None)
+        # Keys locked for the session; the insert commits and lets them go in one round trip.
         async with self.locks.connection() as conn:
             state = await key_locks.lock_and_read(conn, read)
-            return await self._decide(conn, signals, state)
+            return await self._decide(
+                conn, signals, state, commit=functools.partial(self.locks.commit_and_release, conn)
+            )
 
     async def _decide(
-        self, conn: asyncpg.Connection, signals: list[SignalEmitted], state: intents.BatchState
+        self,
+        conn: asyncpg.Connection,
+        signals: list[SignalEmitted],
+        state: intents.BatchState,
+        *,
+        commit: Callable[..., Awaitable[object]] | None,
     ) -> tuple[dict[uuid.UUID, intents.IntentRow], set[uuid.UUID]]:
-        """Plan the signals not yet recorded, fill their paper orders, insert them (one statement)."""
+        """Plan the signals not yet recorded, fill their paper orders, insert them (one statement,
+        run by `commit` when given: see intents.insert_plans)."""
         paper = self._paper()
         new = [s for s in signals if s.signal_id not in state.recorded]
         if not new:
@@ -160,6 +169,7 @@ class OrderPipeline:
             now=state.now,
             with_ctes=fills.ctes if fills else "",
             with_args=fills.args if fills else (),
+            commit=commit,
         )
         rows = dict(state.recorded)
         rows.update({r.signal_id: r for r in inserted})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -265,6 +265,7 @@ async def insert_plans(
     now: datetime,
     with_ctes: str = "",
     with_args: Sequence[Any] = (),
+    commit: Callable[..., Awaitable[object]] | None = None,
 ) -> list[IntentRow]:
     """Insert one intent per plan: its own decision, else its order's outcome, else PENDING.
 
@@ -275,6 +276,9 @@ async def insert_plans(
     sent back.
     with_ctes/with_args: data-modifying CTEs (parameters from $1) run in the same statement,
     e.g. the paper fills of these intents: one round trip for both.
+    commit: how to run the statement when it returns no rows (without skip_recorded), e.g.
+    KeyLocks.commit_and_release bound to conn, which also lets the batch's key locks go in
+    the same round trip; conn.execute otherwise.
     """
     if not plans:
         return []
@@ -318,7 +322,7 @@ async def insert_plans(
     sent = zip(plans, decisions, extra, strict=True)
     written: Iterable[tuple[Plan, Decision | None, Outcome | None, datetime | None]]
     if every_row:
-        await conn.execute(sql, *args)
+        await (commit or conn.execute)(sql, *args)
         written = ((p, d, o, now if d else None) for p, d, o in sent)
     else:
         # Only the rows inserted come back, with the server's time.

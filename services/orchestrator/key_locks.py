@@ -1,4 +1,4 @@
-"""A batch's dedup keys locked, read and written in three round trips, two of them on its path.
+"""A batch's dedup keys locked, read and written in two round trips, both on its path.
 
 The batch needs, in this order: its dedup keys locked; a read that sees every intent committed
 under those locks; its intents inserted and committed; only then the locks let go. In a
@@ -10,9 +10,11 @@ read, the insert, COMMIT). Here:
    is VOLATILE PL/pgSQL: each statement in it takes a fresh snapshot, so the read sees every
    intent committed before the locks were granted. Its read runs on a cached generic plan with
    sequential scans priced out (its SET clauses), as the transaction path does (SET LOCAL).
-2. The insert, one statement outside any transaction block: committed when it returns.
-3. pg_advisory_unlock_all(), sent once the insert has returned, while the consumer publishes
-   the batch's events; the connection goes back to the pool after it.
+2. One call of a procedure that runs the insert, COMMITs it, and then lets every key lock of
+   the session go (pg_advisory_unlock_all): the locks are released only once the insert is
+   durable, and no third round trip is needed (KeyLocks.commit_and_release). A statement that
+   returns rows (the live path's insert) runs as itself instead, and the locks are let go by
+   one more statement once it has returned, while the consumer publishes the batch's events.
 
 The lock ids are those of intents.locked_transaction (hashtextextended of the key's parts
 joined by U+001F, seed 0): session and transaction advisory locks on one id exclude each other,
@@ -22,16 +24,18 @@ A session lock outlives a failed statement, so on a failure the locks are releas
 error propagates; when the connection cannot be trusted (cancelled mid-statement, broken), it is
 closed instead, which releases them as surely.
 
-The function lives in the connection's pg_temp schema, defined by the first call on each
-connection (so each orchestrator runs its own version of it). Behind a pooler, this needs
-session pooling, as asyncpg's prepared statements already do.
+The function and the procedures live in the connection's pg_temp schema, each defined by the
+first call that needs it on that connection (so each orchestrator runs its own version of
+them). Behind a pooler, this needs session pooling, as asyncpg's prepared statements already do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 
@@ -114,29 +118,80 @@ async def lock_and_read(conn: asyncpg.Connection, read: BatchRead) -> BatchState
     return batch_state_of(rows)
 
 
+def _procedure_name(sql: str) -> str:
+    return f"pg_temp.intentflow_commit_{hashlib.sha1(sql.encode(), usedforsecurity=False).hexdigest()[:24]}"
+
+
+_BODY_TAG = "$intentflow_commit$"
+
+
+async def _define_procedure(conn: asyncpg.Connection, name: str, sql: str) -> None:
+    """Create `name`(the statement's parameter types): the statement, COMMIT, every lock let go."""
+    if _BODY_TAG in sql:
+        raise ValueError(f"a statement run by commit_and_release cannot hold {_BODY_TAG}")
+    oids = [t.oid for t in (await conn.prepare(sql)).get_parameters()]
+    types = await conn.fetchval(
+        "SELECT string_agg(format_type(t.oid, NULL), ', ' ORDER BY t.n)"
+        " FROM unnest($1::oid[]) WITH ORDINALITY AS t(oid, n)",
+        oids,
+    )
+    await conn.execute(
+        f"CREATE OR REPLACE PROCEDURE {name}({types or ''}) LANGUAGE plpgsql AS {_BODY_TAG}\n"
+        f"BEGIN\n  {sql};\n  COMMIT;\n  PERFORM pg_advisory_unlock_all();\nEND\n{_BODY_TAG}"
+    )
+
+
 class KeyLocks:
     """Pool connections for batches that lock their keys with lock_and_read, released after."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self._releasing: set[asyncio.Task[None]] = set()
+        # Connections whose locks commit_and_release has let go: back to the pool as they are.
+        self._released: set[asyncpg.Connection] = set()
+
+    async def commit_and_release(self, conn: asyncpg.Connection, sql: str, *args: Any) -> None:
+        """Run `sql` (a statement that returns no rows) on conn, commit it, then let every key
+        lock of conn's session go: one round trip, by a procedure wrapping the statement.
+
+        Only on a connection from connection(), outside a transaction block, as the batch's
+        last statement. The procedure is defined on the connection's first call for each
+        statement text, so `sql` is one of a fixed few (its values come as parameters). Should
+        the statement fail, nothing of it is committed and the locks are still held:
+        connection() releases them before the error propagates, as for any failure.
+        """
+        name = _procedure_name(sql)
+        call = f"CALL {name}({', '.join(f'${i}' for i in range(1, len(args) + 1))})"
+        try:
+            await conn.execute(call, *args)
+        except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError):
+            # This connection's first call of this statement: the CALL failed before it ran.
+            await _define_procedure(conn, name, sql)
+            await conn.execute(call, *args)
+        self._released.add(conn)
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection whose session locks are let go when the block ends.
 
-        When the block returns, its statements have committed: the locks are released in the
-        background and the connection then goes back to the pool. When it raises, they are
-        released (or the connection closed) before the error propagates, so a retry of the
-        same keys on another connection does not wait on them.
+        When the block returns, its statements have committed: unless commit_and_release has
+        already let the locks go, they are released in the background and the connection then
+        goes back to the pool. When it raises, they are released (or the connection closed)
+        before the error propagates, so a retry of the same keys on another connection does not
+        wait on them.
         """
         conn = await self.pool.acquire()
         try:
             yield conn
         except BaseException as exc:
+            self._released.discard(conn)
             trusted = isinstance(exc, Exception) and not isinstance(exc, _UNTRUSTED)
             await self._release(conn, trusted=trusted)
             raise
+        if conn in self._released:
+            self._released.discard(conn)
+            await self.pool.release(conn)
+            return
         task = asyncio.get_running_loop().create_task(self._release(conn, trusted=True))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)

@@ -209,3 +209,59 @@ async def test_the_function_reads_on_cached_index_plans(pool: asyncpg.Pool) -> N
         assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
     assert sorted(config) == ["enable_seqscan=off", "plan_cache_mode=force_generic_plan"]
     await locks.wait_released()
+
+
+async def test_commit_and_release_commits_the_statement_and_lets_the_keys_go_in_one_call(
+    pool: asyncpg.Pool,
+) -> None:
+    await pool.execute("CREATE TABLE IF NOT EXISTS key_locks_probe (n int PRIMARY KEY, at timestamptz)")
+    signals = [signal("BTC_USDT", "BUY"), signal("ETH_USDT", "SELL")]
+    locks = key_locks.KeyLocks(pool)
+    statements: list[str] = []
+
+    def logged(record: Any) -> None:
+        statements.append(record.query)
+
+    async with locks.connection() as conn:
+        pid = conn.get_server_pid()
+        conn.add_query_logger(logged)
+        for n in (1, 2):  # the second call on the connection finds its procedure defined
+            await _read(conn, signals)
+            assert await _held_by(pool, pid) != []
+            await locks.commit_and_release(
+                conn, "INSERT INTO key_locks_probe (n, at) VALUES ($1, $2)", n, datetime.now(UTC)
+            )
+            # Committed (another session sees it), and nothing held, before the block ends.
+            assert not conn.is_in_transaction()
+            assert await _held_by(pool, pid) == []
+            assert await pool.fetchval("SELECT count(*) FROM key_locks_probe WHERE n = $1", n) == 1
+        conn.remove_query_logger(logged)
+    # Back in the pool at once: no release was left to run.
+    assert not locks._releasing
+    assert sum(q.startswith("CALL ") for q in statements) == 3  # the first CALL found no procedure
+    assert sum(q.startswith("CREATE OR REPLACE PROCEDURE") for q in statements) == 1
+    assert not any("pg_advisory_unlock_all" in q for q in statements if not q.startswith("CREATE"))
+
+
+async def test_commit_and_release_of_a_failing_statement_commits_nothing_and_lets_the_keys_go(
+    pool: asyncpg.Pool,
+) -> None:
+    await pool.execute("CREATE TABLE IF NOT EXISTS key_locks_probe (n int PRIMARY KEY, at timestamptz)")
+    await pool.execute("INSERT INTO key_locks_probe (n) VALUES (7) ON CONFLICT DO NOTHING")
+    locks = key_locks.KeyLocks(pool)
+    insert_two = "INSERT INTO key_locks_probe (n) SELECT unnest($1::int[])"
+    with pytest.raises(asyncpg.UniqueViolationError):
+        async with locks.connection() as conn:
+            pid = conn.get_server_pid()
+            await _read(conn, [signal()])
+            await locks.commit_and_release(conn, insert_two, [8, 7])
+    assert await pool.fetchval("SELECT count(*) FROM key_locks_probe WHERE n = 8") == 0
+    assert await _held_by(pool, pid) == []
+    assert not locks._released
+
+
+async def test_commit_and_release_refuses_a_statement_holding_its_body_quote(pool: asyncpg.Pool) -> None:
+    locks = key_locks.KeyLocks(pool)
+    async with pool.acquire() as conn:
+        with pytest.raises(ValueError, match="cannot hold"):
+            await locks.commit_and_release(conn, "SELECT '$intentflow_commit$'")
