@@ -28,7 +28,8 @@ from redis.asyncio import Redis
 from shared.streams import GROUP_ORCHESTRATOR, StreamNames
 from tests.bench.load import (
     backend_pids,
-    cpu_seconds,
+    cpu_by_pid,
+    cpu_since,
     entry_signal_id,
     percentiles,
     prebuild,
@@ -93,7 +94,7 @@ async def throughput(
     entries = [signal_entry(i, "tp") for i in range(events)]
     backends = backend_pids(database) if database else []
     client = [orchestrator_pid] if orchestrator_pid else []
-    cpu_before = (cpu_seconds(client), cpu_seconds(backends))
+    cpu_before = (cpu_by_pid(client), cpu_by_pid(backends))
     ids = [entry_signal_id(e) for e in entries]
     after = await _last_id(redis, names.order_decisions)
     watcher = asyncio.create_task(watch_decisions(redis, names.order_decisions, after, ids, timeout))
@@ -110,8 +111,8 @@ async def throughput(
         await asyncio.sleep(0.005)
     finished = time.time()
     cpu = {
-        "client": (cpu_seconds(client) - cpu_before[0]) / events * 1e6,
-        "postgres": (cpu_seconds(backends) - cpu_before[1]) / events * 1e6,
+        "client": cpu_since(cpu_before[0]) / events * 1e6,
+        "postgres": cpu_since(cpu_before[1]) / events * 1e6,
     }
     if len(seen) != events:
         raise RuntimeError(f"only {len(seen)} of {events} signals were decided within {timeout:.0f} s")
@@ -158,7 +159,7 @@ async def drain(
     try:
         await publish_burst(redis, names.signals, entries)
         backends = backend_pids(database) if database else []
-        cpu_before = (cpu_seconds(pids), cpu_seconds(backends))
+        cpu_before = (cpu_by_pid(pids), cpu_by_pid(backends))
         started = time.time()
     finally:
         for pid in pids:
@@ -171,8 +172,8 @@ async def drain(
     last_decided = await _last_id(redis, names.order_decisions)
     elapsed = int(last_decided.split("-")[0]) / 1000 - started
     cpu = {
-        "client": (cpu_seconds(pids) - cpu_before[0]) / events * 1e6,
-        "postgres": (cpu_seconds(backends) - cpu_before[1]) / events * 1e6,
+        "client": cpu_since(cpu_before[0]) / events * 1e6,
+        "postgres": cpu_since(cpu_before[1]) / events * 1e6,
     }
     # Every decision is on the stream by now (published with the acks): read, not waited for.
     seen = await watch_decisions(redis, names.order_decisions, after, ids, timeout=30)

@@ -8,7 +8,7 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -131,28 +131,44 @@ async def publish_at_rate(
     return published
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """User+system CPU seconds used so far by these processes (gone ones count 0)."""
+def cpu_by_pid(pids: Sequence[int]) -> dict[int, float]:
+    """User+system CPU seconds used so far by each of these processes still running."""
     import psutil
 
-    total = 0.0
+    seconds: dict[int, float] = {}
     for pid in pids:
         try:
             times = psutil.Process(pid).cpu_times()
         except psutil.Error:
             continue
-        total += times.user + times.system
-    return total
+        seconds[pid] = times.user + times.system
+    return seconds
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User+system CPU seconds used so far by these processes (gone ones count 0)."""
+    return sum(cpu_by_pid(pids).values())
+
+
+def cpu_since(before: Mapping[int, float]) -> float:
+    """CPU seconds the processes of `before` (cpu_by_pid) used since, over those still running.
+
+    One that exited in between counts 0 rather than taking what it had used before out of the
+    sum (a window's figure could otherwise come out below zero).
+    """
+    after = cpu_by_pid(list(before))
+    return sum(after[pid] - before[pid] for pid in after)
 
 
 def backend_pids(database: str) -> list[int]:
-    """The PostgreSQL backends serving a database on this machine (their title names it)."""
+    """The PostgreSQL backends serving clients of a database on this machine (their title
+    names it); not autovacuum workers, whose work follows the writes on their own time."""
     import psutil
 
     pids = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info.get("cmdline") or [])
-        if cmdline.startswith("postgres: ") and f" {database} " in cmdline:
+        if cmdline.startswith("postgres: ") and f" {database} " in cmdline and "autovacuum" not in cmdline:
             pids.append(proc.pid)
     return pids
 
