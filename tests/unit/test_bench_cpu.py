@@ -4,48 +4,62 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 from tests.bench.load import cpu_by_pid, cpu_since
 
-BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
+# Waits for a line, burns 0.3 s of CPU, says so, then waits for another line before it exits.
+BURNER = (
+    "import sys, time\n"
+    "sys.stdin.readline()\n"
+    "t = time.process_time()\n"
+    "while time.process_time() - t < 0.3: pass\n"
+    "print('burnt', flush=True)\n"
+    "sys.stdin.readline()\n"
+)
 
 
-def _burner(seconds: float, then_sleep: float = 0.0) -> subprocess.Popen[bytes]:
-    code = BURN.format(s=seconds) + (f"time.sleep({then_sleep})\n" if then_sleep else "")
-    return subprocess.Popen([sys.executable, "-c", code])
+def _burner() -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", BURNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+
+
+def _burn(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "burnt"
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.wait(10)
 
 
 def test_a_process_that_exits_in_the_window_counts_nothing_and_takes_nothing_away() -> None:
-    gone = _burner(0.3)
-    stays = _burner(0.3, then_sleep=30)
+    gone, stays = _burner(), _burner()
     try:
-        time.sleep(1.0)  # both have burnt their 0.3 s
+        _burn(gone)
+        _burn(stays)
         before = cpu_by_pid([gone.pid, stays.pid])
-        assert before[gone.pid] > 0.2 and before[stays.pid] > 0.2
-        gone.wait(10)
-        # What a sum over the processes still there would give: 0.3 s less than before.
-        assert sum(cpu_by_pid([gone.pid, stays.pid]).values()) < sum(before.values()) - 0.2
+        assert before[gone.pid] >= 0.25 and before[stays.pid] >= 0.25  # /proc counts in ticks
+        _end(gone)
+        # A sum over the processes still there drops by what the gone one had used.
+        assert sum(cpu_by_pid([gone.pid, stays.pid]).values()) < sum(before.values()) - 0.25
         assert 0 <= cpu_since(before) < 0.1
     finally:
-        stays.kill()
-        stays.wait(10)
-        gone.kill()
+        for proc in (gone, stays):
+            proc.kill()
+            proc.wait(10)
 
 
 def test_the_cpu_a_running_process_uses_in_the_window_is_counted() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nsys.stdin.readline()\n" + BURN.format(s=0.3)],
-        stdin=subprocess.PIPE,
-    )
+    proc = _burner()
     try:
-        time.sleep(0.3)
         before = cpu_by_pid([proc.pid])
-        assert proc.stdin is not None
-        proc.stdin.write(b"go\n")
-        proc.stdin.flush()
-        time.sleep(1.0)
-        assert 0.25 < cpu_since(before) < 1.0
+        _burn(proc)  # still running after it
+        assert 0.25 <= cpu_since(before) < 1.0
     finally:
         proc.kill()
         proc.wait(10)
