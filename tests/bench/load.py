@@ -160,6 +160,55 @@ def cpu_since(before: Mapping[int, float]) -> float:
     return sum(after[pid] - before[pid] for pid in after)
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy so far, all cores (not idle, not waiting on I/O)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+class CpuWindow:
+    """The CPU each party used over a window, from /proc at its start and end.
+
+    `with CpuWindow(orchestrator=[pid], postgres=backend_pids(db)) as w: …`, then `w.seconds`
+    (CPU seconds per party, and `machine_busy` for the whole machine) and `w.cores` (the same
+    over the window's length). A party is a list of pids, each counted by cpu_since; on two
+    cores, it shows who holds the CPU a signal in hand waits for.
+    """
+
+    def __init__(self, **parties: Sequence[int]) -> None:
+        self._parties = parties
+        self._before: dict[str, dict[int, float]] = {}
+        self._busy = 0.0
+        self._started = 0.0
+        self.seconds: dict[str, float] = {}
+        self.cores: dict[str, float] = {}
+
+    def __enter__(self) -> CpuWindow:
+        self._before = {name: cpu_by_pid(pids) for name, pids in self._parties.items()}
+        self._busy = machine_busy_seconds()
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.monotonic() - self._started
+        self.seconds = {"machine_busy": machine_busy_seconds() - self._busy}
+        self.seconds.update({name: cpu_since(before) for name, before in self._before.items()})
+        self.cores = {name: round(value / elapsed, 3) for name, value in self.seconds.items()}
+
+
+def redis_server_pids() -> list[int]:
+    """The redis-server processes on this machine (none when Redis runs elsewhere)."""
+    import psutil
+
+    return [
+        proc.pid
+        for proc in psutil.process_iter(["name"])
+        if (proc.info.get("name") or "").startswith("redis-server")
+    ]
+
+
 def backend_pids(database: str) -> list[int]:
     """The PostgreSQL backends serving clients of a database on this machine (their title
     names it); not autovacuum workers, whose work follows the writes on their own time."""

@@ -20,7 +20,9 @@ Environment knobs: BENCH_EVENTS (20000), BENCH_ROUNDS (3), BENCH_RATE (1000), BE
 Each latency window runs beside a CPU-bound probe (tests/bench/stall_probe.py): how often a
 fixed piece of runnable work took five times its time or more (the VM taking its vCPUs away,
 or waits for a CPU others hold), and the time lost, as `raw_latency_machine_stalls` and
-`latency_machine_stalls`.
+`latency_machine_stalls`, and the CPU used in it, in cores, as `raw_latency_cpu_cores` and
+`latency_cpu_cores`: the whole machine, Redis and this process (publisher and reader); in the
+orchestrator's window also the orchestrator and its PostgreSQL backends.
 """
 
 from __future__ import annotations
@@ -48,7 +50,14 @@ from shared.db import migrate
 from shared.redis import create_redis
 from shared.streams import GROUP_NOTIFIER, StreamNames
 from tests.bench import bench_orchestrator, bench_telegram, raw_baseline
-from tests.bench.load import progress, publish_burst, signal_entry
+from tests.bench.load import (
+    CpuWindow,
+    backend_pids,
+    progress,
+    publish_burst,
+    redis_server_pids,
+    signal_entry,
+)
 from tests.bench.stall_probe import Probe
 from tests.support import servers
 from tests.support.procs import Proc, intentflow, wait_for_log
@@ -225,13 +234,14 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
 
         progress(f"raw loop latency: {rate:.0f} events/s for {seconds:.0f} s")
         checkpointed = await _write_out(database_url)
-        with Probe() as probe:
+        with Probe() as probe, CpuWindow(bench=[os.getpid()], redis=redis_server_pids()) as cpu:
             result.update(
                 await raw_baseline.latency(
                     redis, redis_url, database_url, f"{prefix}raw-latency", rate=rate, seconds=seconds
                 )
             )
         result["raw_latency_machine_stalls"] = probe.result
+        result["raw_latency_cpu_cores"] = cpu.cores
 
         progress(f"orchestrator throughput: {events} signals published while it consumes")
         live = await bench_orchestrator.throughput(
@@ -244,10 +254,17 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
         progress(f"orchestrator latency: {rate:.0f} signals/s for {seconds:.0f} s")
         checkpointed = await _write_out(database_url) and checkpointed
         result["latency_after_checkpoint"] = checkpointed
-        with Probe() as probe:
+        parties = CpuWindow(
+            orchestrator=[orchestrator],
+            postgres=backend_pids(database),
+            redis=redis_server_pids(),
+            bench=[os.getpid()],
+        )
+        with Probe() as probe, parties as cpu:
             result.update(await bench_orchestrator.latency(redis, names, rate, seconds))
         result["latency_machine_stalls"] = probe.result
-        progress(f"the machine during that window: {probe.result}")
+        result["latency_cpu_cores"] = cpu.cores
+        progress(f"the machine during that window: {probe.result}; CPU in cores: {cpu.cores}")
 
         progress(f"scaling out: a second orchestrator process, {events} signals at once")
         procs["orchestrator-2"] = Proc(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.bench.load import cpu_by_pid, cpu_since
+from tests.bench.load import CpuWindow, cpu_by_pid, cpu_since, redis_server_pids
 
 # Waits for a line, burns 0.3 s of CPU, says so, then waits for another line before it exits.
 BURNER = (
@@ -63,3 +63,37 @@ def test_the_cpu_a_running_process_uses_in_the_window_is_counted() -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_a_window_counts_each_party_and_the_whole_machine() -> None:
+    busy, idle = _burner(), _burner()
+    try:
+        with CpuWindow(busy=[busy.pid], idle=[idle.pid], gone=[2**22 + 1]) as window:
+            _burn(busy)
+        assert 0.25 <= window.seconds["busy"] < 1.0
+        assert window.seconds["idle"] < 0.1
+        assert window.seconds["gone"] == 0  # no such process: nothing counted, no error
+        # The machine was busy at least as long as the burner was (both counted in ticks).
+        assert window.seconds["machine_busy"] >= window.seconds["busy"] - 0.05
+        assert set(window.cores) == {"busy", "idle", "gone", "machine_busy"}
+        assert window.cores["busy"] > 0
+    finally:
+        for proc in (busy, idle):
+            proc.kill()
+            proc.wait(10)
+
+
+def test_the_local_redis_server_is_found(redis_url: str) -> None:
+    import psutil
+
+    pids = redis_server_pids()
+    assert all(psutil.Process(pid).name().startswith("redis-server") for pid in pids)
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    listening = {
+        conn.pid
+        for conn in psutil.net_connections("tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid
+    }
+    # The test's Redis, when it runs on this machine as a redis-server process, is among them.
+    serving = {pid for pid in listening if psutil.Process(pid).name().startswith("redis-server")}
+    assert serving <= set(pids)
