@@ -260,10 +260,19 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
             redis=redis_server_pids(),
             bench=[os.getpid()],
         )
+        scripts_before = await _script_calls(redis)
         with Probe() as probe, parties as cpu:
             result.update(await bench_orchestrator.latency(redis, names, rate, seconds))
+        batches = await _script_calls(redis) - scripts_before
         result["latency_machine_stalls"] = probe.result
         result["latency_cpu_cores"] = cpu.cores
+        result["latency_batches"] = batches
+        if batches:
+            result["latency_cpu_ms_per_batch"] = {
+                name: round(cpu.seconds[name] / batches * 1000, 3)
+                for name in ("orchestrator", "postgres", "redis")
+                if name in cpu.seconds
+            }
         progress(f"the machine during that window: {probe.result}; CPU in cores: {cpu.cores}")
 
         progress(f"scaling out: a second orchestrator process, {events} signals at once")
@@ -305,6 +314,16 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
         if code != 0:
             progress(f"warning: {name} exited {code}; see {work / (name + '.log')}")
     return result
+
+
+async def _script_calls(redis: Redis) -> int:
+    """How many scripts (EVALSHA) the Redis server has run: one per batch the orchestrator settles.
+
+    The server's own count, so any other client's scripts are counted too: on a Redis of its
+    own, as here, the latency window's batches.
+    """
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 async def _write_out(database_url: str) -> bool:
