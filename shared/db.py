@@ -54,6 +54,13 @@ def migrate(url: str) -> str:
     return head_revision()
 
 
+def downgrade(url: str, revision: str) -> None:
+    """Take the schema down to `revision` (blocking): what a rollback to an older release needs."""
+    from alembic import command
+
+    command.downgrade(_alembic_config(url), revision)
+
+
 async def current_revision(conn: asyncpg.Connection | asyncpg.Pool) -> str | None:
     """Return the database's migration revision, or None before the first migration."""
     exists = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")

@@ -77,12 +77,10 @@ async def test_a_paper_order_is_keyed_by_its_client_order_id_alone(pool: asyncpg
 async def test_migration_0007_goes_down_and_up_with_paper_orders_in_it(
     database_url: str, pool: asyncpg.Pool
 ) -> None:
-    from alembic import command
-
-    from shared.db import _alembic_config, migrate
+    from shared.db import downgrade, migrate
 
     await pool.execute(PAPER_ORDER, "paper-1", "if-1")
-    await asyncio.to_thread(command.downgrade, _alembic_config(database_url), "0006")
+    await asyncio.to_thread(downgrade, database_url, "0006")
     assert await _paper_order_indexes(pool) == ["btree (client_order_id)", "btree (id)"]
     with pytest.raises(asyncpg.UniqueViolationError):  # the earlier key on id is back
         await pool.execute(PAPER_ORDER, "paper-1", "if-2")
