@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from urllib.parse import urlparse
 
 from tests.bench.load import CpuWindow, cpu_by_pid, cpu_since, redis_server_pids
 
@@ -88,7 +89,7 @@ def test_the_local_redis_server_is_found(redis_url: str) -> None:
 
     pids = redis_server_pids()
     assert all(psutil.Process(pid).name().startswith("redis-server") for pid in pids)
-    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    port = urlparse(redis_url).port or 6379
     listening = {
         conn.pid
         for conn in psutil.net_connections("tcp")
