@@ -70,6 +70,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.TooManyConnectionsError,
     asyncpg.exceptions.OperatorInterventionError,
+    # A connection whose session the server ended while it sat idle in the pool (PostgreSQL
+    # stopping, pg_terminate_backend): the FATAL arrives before the socket closes, asyncpg's
+    # protocol drops out of step, and the next statement on it raises "cannot switch to state
+    # …; another operation is in progress" until the close lands and the pool reconnects.
+    asyncpg.InternalClientError,
     # PostgreSQL ended this transaction to break a lock cycle with another: nothing of it was
     # written, and the same work succeeds when tried again.
     asyncpg.exceptions.DeadlockDetectedError,

@@ -52,6 +52,8 @@ POSTGRES_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.QueryCanceledError,
     asyncpg.exceptions.OperatorInterventionError,
+    # A pooled connection whose session the server ended (see shared.consumer.TRANSIENT_ERRORS).
+    asyncpg.InternalClientError,
 )
 
 
