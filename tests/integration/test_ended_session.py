@@ -45,6 +45,7 @@ class ClosingLateProxy:
     def __init__(self, host: str, port: int, hold_s: float) -> None:
         self.host, self.port, self.hold_s = host, port, hold_s
         self.server_closed = asyncio.Event()
+        self.client_closed = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -83,6 +84,8 @@ class ClosingLateProxy:
                 self.server_closed.set()
                 await asyncio.sleep(self.hold_s)
             dst.close()
+            if late:
+                self.client_closed.set()
 
 
 @pytest.fixture
@@ -115,6 +118,11 @@ async def _end_the_idle_session(pool: asyncpg.Pool, proxy: ClosingLateProxy, dat
     await asyncio.sleep(0.1)  # the FATAL reaches the pool's connection; its close does not yet
 
 
+async def _closed_at_last(proxy: ClosingLateProxy) -> None:
+    await asyncio.wait_for(proxy.client_closed.wait(), 10)
+    await asyncio.sleep(0.1)  # the pool's connection sees its socket closed
+
+
 async def test_the_failure_on_an_ended_session_is_an_outage(
     proxied_pool: tuple[asyncpg.Pool, ClosingLateProxy], database_url: str
 ) -> None:
@@ -125,7 +133,7 @@ async def test_the_failure_on_an_ended_session_is_an_outage(
             await conn.execute("SELECT 1")
     assert is_transient(caught.value), repr(caught.value)
     # Once the close lands, the pool reconnects.
-    await asyncio.sleep(HOLD_S)
+    await _closed_at_last(proxy)
     assert await pool.fetchval("SELECT 1") == 1
 
 
@@ -163,5 +171,5 @@ async def test_diagnostics_answer_503_on_an_ended_session_then_recover(
         response = await client.get("/api/diagnostics/recent-signals")
         assert response.status_code == 503, response.text
         assert response.json()["detail"].startswith("PostgreSQL unavailable")
-        await asyncio.sleep(HOLD_S)
+        await _closed_at_last(proxy)
         assert (await client.get("/api/diagnostics/recent-signals")).status_code == 200
