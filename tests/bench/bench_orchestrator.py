@@ -27,9 +27,8 @@ from redis.asyncio import Redis
 
 from shared.streams import GROUP_ORCHESTRATOR, StreamNames
 from tests.bench.load import (
+    CpuWindow,
     backend_pids,
-    cpu_by_pid,
-    cpu_since,
     entry_signal_id,
     percentiles,
     prebuild,
@@ -94,7 +93,7 @@ async def throughput(
     entries = [signal_entry(i, "tp") for i in range(events)]
     backends = backend_pids(database) if database else []
     client = [orchestrator_pid] if orchestrator_pid else []
-    cpu_before = (cpu_by_pid(client), cpu_by_pid(backends))
+    window = CpuWindow(client=client, postgres=backends).start()
     ids = [entry_signal_id(e) for e in entries]
     after = await _last_id(redis, names.order_decisions)
     watcher = asyncio.create_task(watch_decisions(redis, names.order_decisions, after, ids, timeout))
@@ -110,10 +109,8 @@ async def throughput(
             )
         await asyncio.sleep(0.005)
     finished = time.time()
-    cpu = {
-        "client": cpu_since(cpu_before[0]) / events * 1e6,
-        "postgres": cpu_since(cpu_before[1]) / events * 1e6,
-    }
+    window.stop()
+    cpu = window.per(events)
     if len(seen) != events:
         raise RuntimeError(f"only {len(seen)} of {events} signals were decided within {timeout:.0f} s")
     statuses: dict[str, int] = {}
@@ -159,7 +156,7 @@ async def drain(
     try:
         await publish_burst(redis, names.signals, entries)
         backends = backend_pids(database) if database else []
-        cpu_before = (cpu_by_pid(pids), cpu_by_pid(backends))
+        window = CpuWindow(client=pids, postgres=backends).start()
         started = time.time()
     finally:
         for pid in pids:
@@ -171,10 +168,8 @@ async def drain(
         await asyncio.sleep(0.05)
     last_decided = await _last_id(redis, names.order_decisions)
     elapsed = int(last_decided.split("-")[0]) / 1000 - started
-    cpu = {
-        "client": cpu_since(cpu_before[0]) / events * 1e6,
-        "postgres": cpu_since(cpu_before[1]) / events * 1e6,
-    }
+    window.stop()
+    cpu = window.per(events)
     # Every decision is on the stream by now (published with the acks): read, not waited for.
     seen = await watch_decisions(redis, names.order_decisions, after, ids, timeout=30)
     if len(seen) != events:

@@ -185,17 +185,29 @@ class CpuWindow:
         self.seconds: dict[str, float] = {}
         self.cores: dict[str, float] = {}
 
-    def __enter__(self) -> CpuWindow:
+    def start(self) -> CpuWindow:
+        """Take the start figures (also `with CpuWindow(…)`)."""
         self._before = {name: cpu_by_pid(pids) for name, pids in self._parties.items()}
         self._busy = machine_busy_seconds()
         self._started = time.monotonic()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
+        """Take the end figures: fill `seconds` and `cores`."""
         elapsed = time.monotonic() - self._started
         self.seconds = {"machine_busy": machine_busy_seconds() - self._busy}
         self.seconds.update({name: cpu_since(before) for name, before in self._before.items()})
         self.cores = {name: round(value / elapsed, 3) for name, value in self.seconds.items()}
+
+    def per(self, count: int, unit: float = 1e6) -> dict[str, float]:
+        """Each party's CPU (not the machine's) per one of `count`, in seconds × unit (µs by default)."""
+        return {name: self.seconds[name] / count * unit for name in self._parties}
+
+    def __enter__(self) -> CpuWindow:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def redis_server_pids() -> list[int]:

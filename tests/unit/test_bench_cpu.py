@@ -78,6 +78,8 @@ def test_a_window_counts_each_party_and_the_whole_machine() -> None:
         assert window.seconds["machine_busy"] >= window.seconds["busy"] - 0.05
         assert set(window.cores) == {"busy", "idle", "gone", "machine_busy"}
         assert window.cores["busy"] > 0
+        # Per unit of work: each party's own CPU, the machine's left out.
+        assert window.per(2) == {name: window.seconds[name] / 2 * 1e6 for name in ("busy", "idle", "gone")}
     finally:
         for proc in (busy, idle):
             proc.kill()
