@@ -42,6 +42,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from shared.db import POSTGRES_OUTAGES
 from shared.events import DeadLetter
 from shared.logging import get_logger
 from shared.settings import ConsumerSettings
@@ -60,21 +61,10 @@ class RetryLater(Exception):
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RetryLater,
-    OSError,
-    asyncio.TimeoutError,
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.BusyLoadingError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.exceptions.OperatorInterventionError,
-    # A connection whose session the server ended while it sat idle in the pool (PostgreSQL
-    # stopping, pg_terminate_backend): the FATAL arrives before the socket closes, asyncpg's
-    # protocol drops out of step, and the next statement on it raises "cannot switch to state
-    # …; another operation is in progress" until the close lands and the pool reconnects.
-    asyncpg.InternalClientError,
+    *POSTGRES_OUTAGES,  # OSError and TimeoutError among them: a socket to either server
     # PostgreSQL ended this transaction to break a lock cycle with another: nothing of it was
     # written, and the same work succeeds when tried again.
     asyncpg.exceptions.DeadlockDetectedError,

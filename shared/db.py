@@ -14,6 +14,23 @@ import orjson
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
+POSTGRES_OUTAGES: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.OperatorInterventionError,
+    # A connection whose session the server ended while it sat idle in the pool (PostgreSQL
+    # stopping, pg_terminate_backend): the FATAL arrives before the socket closes, asyncpg's
+    # protocol drops out of step, and the next statement on it raises "cannot switch to state
+    # …; another operation is in progress" until the close lands and the pool reconnects.
+    asyncpg.InternalClientError,
+)
+"""PostgreSQL unreachable, starting, stopping or out of connections: what the consumers retry
+in place (shared.consumer.TRANSIENT_ERRORS) and diagnostics answer 503 for."""
+
 
 class SchemaOutOfDate(RuntimeError):
     """The database schema is older than this code; `intentflow migrate` fixes it."""

@@ -28,7 +28,7 @@ from services.diagnostics.models import (
     StreamsReport,
 )
 from services.diagnostics.streams_health import all_streams
-from shared.db import current_revision, head_revision
+from shared.db import POSTGRES_OUTAGES, current_revision, head_revision
 from shared.logging import get_logger
 from shared.streams import DEAD_LETTER, StreamNames
 
@@ -43,18 +43,8 @@ REDIS_DOWN: tuple[type[BaseException], ...] = (
     redis_errors.TimeoutError,
     redis_errors.BusyLoadingError,
 )
-POSTGRES_DOWN: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.QueryCanceledError,
-    asyncpg.exceptions.OperatorInterventionError,
-    # A pooled connection whose session the server ended (see shared.consumer.TRANSIENT_ERRORS).
-    asyncpg.InternalClientError,
-)
+# An outage, or a query cut off by its statement timeout: a 503, not a 500.
+POSTGRES_DOWN: tuple[type[BaseException], ...] = (*POSTGRES_OUTAGES, asyncpg.QueryCanceledError)
 
 
 @dataclass
