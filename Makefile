@@ -5,13 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install up demo test test-unit test-integration test-e2e lint format bench chaos migrate compose-up compose-down logs clean
+.PHONY: help install up demo test test-unit test-integration test-e2e lint format bench bench-steps chaos migrate compose-up compose-down logs clean
 
 help:
 	@echo "make up        run the whole system on embedded servers (intentflow up)"
 	@echo "make test      set up and run every test tier (unit, integration, e2e)"
 	@echo "make lint      ruff, mypy, import-linter"
 	@echo "make bench     benchmarks; prints one JSON object (bench-results/latest.json)"
+	@echo "make bench-steps  where a batch's time goes at 1,000 signals/s, step by step (JSON)"
 	@echo "make chaos     the full chaos suite with figures"
 	@echo "make migrate   apply database migrations"
 	@echo "make compose-up / compose-down / logs   the docker compose deployment"
@@ -54,6 +55,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	@$(BIN)/python -m tests.bench.run
+
+bench-steps: $(STAMP)
+	@$(BIN)/python -m tests.bench.steps
 
 chaos: $(STAMP)
 	@$(BIN)/python -m tests.bench.chaos
