@@ -162,6 +162,20 @@ async def _start_group_at_end(redis: Redis, stream: str, group: str) -> None:
     await redis.xgroup_create(stream, group, id="$", mkstream=True)
 
 
+def service_env(redis_url: str, database_url: str, prefix: str, work: Path) -> dict[str, str]:
+    """The environment of the services the bench runs: its servers and prefix, paper trading
+    with balances no run spends, JSON logs."""
+    return {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "INTENTFLOW_STREAM_PREFIX": prefix,
+        "INTENTFLOW_DATA_DIR": str(work / "data"),
+        "TRADING_MODE": "paper",
+        "PAPER_BALANCES": "USDT=1000000000000",
+        "LOG_FORMAT": "json",
+    }
+
+
 async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]:
     """Run every measurement against running service processes; return the figures."""
     events = int(os.environ.get("BENCH_EVENTS", "20000"))
@@ -180,16 +194,10 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
     sandbox_port = free_port()
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     env = {
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "INTENTFLOW_STREAM_PREFIX": prefix,
-        "INTENTFLOW_DATA_DIR": str(work / "data"),
-        "TRADING_MODE": "paper",
-        "PAPER_BALANCES": "USDT=1000000000000",
+        **service_env(redis_url, database_url, prefix, work),
         "TELEGRAM_BOT_TOKEN": "123456789:AAbenchbenchbenchbenchbenchbench",
         "TELEGRAM_CHAT_ID": GROUP_CHAT,
         "TELEGRAM_API_URL": sandbox_url,
-        "LOG_FORMAT": "json",
     }
     sampler = RssSampler()
     procs: dict[str, Proc] = {}

@@ -40,7 +40,7 @@ from shared.redis import create_redis
 from shared.streams import StreamNames
 from tests.bench import bench_orchestrator
 from tests.bench.load import percentiles, progress
-from tests.bench.run import _wait_decided, _write_out
+from tests.bench.run import _delete_keys, _wait_decided, _write_out, service_env
 from tests.support import servers
 from tests.support.procs import Proc, wait_for_log
 
@@ -173,17 +173,10 @@ async def measure(
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     names = StreamNames(prefix)
     out = work / "batches.json"
-    env = {
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "INTENTFLOW_STREAM_PREFIX": prefix,
-        "INTENTFLOW_DATA_DIR": str(work / "data"),
-        "TRADING_MODE": "paper",
-        "PAPER_BALANCES": "USDT=1000000000000",
-        "LOG_FORMAT": "json",
-    }
     proc = Proc(
-        [sys.executable, "-m", "tests.bench.steps", "--child", str(out)], env, work / "orchestrator.log"
+        [sys.executable, "-m", "tests.bench.steps", "--child", str(out)],
+        service_env(redis_url, database_url, prefix, work),
+        work / "orchestrator.log",
     )
     redis = create_redis(redis_url)
     try:
@@ -199,13 +192,7 @@ async def measure(
     finally:
         code = proc.terminate()
         await redis.aclose()
-        keys = create_redis(redis_url)
-        try:
-            found = [k async for k in keys.scan_iter(match=f"{prefix}*", count=1000)]
-            if found:
-                await keys.delete(*found)
-        finally:
-            await keys.aclose()
+        await _delete_keys(redis_url, prefix)
     if code != 0 or not out.exists():
         raise RuntimeError(f"the timed orchestrator exited {code}:\n{proc.output()[-3000:]}")
     records = json.loads(out.read_text())
