@@ -131,6 +131,17 @@ async def publish_at_rate(
     return published
 
 
+async def delete_keys(redis_url: str, prefix: str) -> None:
+    """Delete every key a bench run made under its prefix (streams, groups' state, throttles)."""
+    redis = Redis.from_url(redis_url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await redis.delete(*keys)
+    finally:
+        await redis.aclose()
+
+
 def cpu_by_pid(pids: Sequence[int]) -> dict[int, float]:
     """User+system CPU seconds used so far by each of these processes still running."""
     import psutil

@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 from tests.bench.load import (
     as_json,
     cpu_seconds,
+    delete_keys,
     percentiles,
     prebuild,
     progress,
@@ -256,17 +257,7 @@ def main() -> None:
         print(as_json(run(measure(redis_url, url, prefix))))
     finally:
         drop_database(admin, name)
-        asyncio.run(_delete_keys(redis_url, prefix))
-
-
-async def _delete_keys(redis_url: str, prefix: str) -> None:
-    redis = Redis.from_url(redis_url)
-    try:
-        keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await redis.delete(*keys)
-    finally:
-        await redis.aclose()
+        asyncio.run(delete_keys(redis_url, prefix))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from tests.bench import bench_orchestrator, bench_telegram, raw_baseline
 from tests.bench.load import (
     CpuWindow,
     backend_pids,
+    delete_keys,
     progress,
     publish_burst,
     redis_server_pids,
@@ -312,7 +313,7 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
         sampler.stop()
         codes = {name: proc.terminate() for name, proc in procs.items()}
         await redis.aclose()
-        await _delete_keys(redis_url, prefix)
+        await delete_keys(redis_url, prefix)
     peaks, flat, detail = sampler.summary()
     result["rss_mb"] = peaks
     result["rss_flat"] = flat
@@ -375,16 +376,6 @@ async def _wait_http(url: str, proc: Proc, timeout: float = 30) -> None:
                 pass
             await asyncio.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
-
-
-async def _delete_keys(redis_url: str, prefix: str) -> None:
-    redis = create_redis(redis_url)
-    try:
-        keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await redis.delete(*keys)
-    finally:
-        await redis.aclose()
 
 
 def main() -> None:

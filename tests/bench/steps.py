@@ -40,8 +40,8 @@ from shared.db import migrate
 from shared.redis import create_redis
 from shared.streams import StreamNames
 from tests.bench import bench_orchestrator
-from tests.bench.load import percentiles, progress
-from tests.bench.run import _delete_keys, _wait_decided, _write_out, service_env
+from tests.bench.load import delete_keys, percentiles, progress
+from tests.bench.run import _wait_decided, _write_out, service_env
 from tests.support import servers
 from tests.support.procs import Proc, wait_for_log
 
@@ -193,7 +193,7 @@ async def measure(
     finally:
         code = proc.terminate()
         await redis.aclose()
-        await _delete_keys(redis_url, prefix)
+        await delete_keys(redis_url, prefix)
     if code != 0 or not out.exists():
         raise RuntimeError(f"the timed orchestrator exited {code}:\n{proc.output()[-3000:]}")
     records = json.loads(out.read_text())

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from shared.events import SignalEmitted
 from shared.streams import EVENT_FIELD, StreamNames
-from tests.bench.load import prebuild, publish_at_rate
+from tests.bench.load import delete_keys, prebuild, publish_at_rate
 
 
 def test_a_prebuilt_signal_is_sent_valid_with_the_time_it_is_stamped() -> None:
@@ -50,3 +50,15 @@ async def test_publish_at_rate_wants_an_entry_for_every_signal_due(redis: Redis,
     with pytest.raises(ValueError, match="20 entries are needed"):
         await publish_at_rate(redis, names.signals, rate=400, seconds=0.05, entries=prebuild(19, "short"))
     assert await redis.exists(names.signals) == 0
+
+
+async def test_a_run_deletes_its_own_keys_and_no_one_elses(redis: Redis, redis_url: str, prefix: str) -> None:
+    run = f"{prefix}bench-run:"
+    await redis.xadd(f"{run}signals", {"n": "1"})
+    await redis.set(f"{run}throttle:BTC_USDT|BUY|s", "x")
+    await redis.set(f"{prefix}other", "kept")
+
+    await delete_keys(redis_url, run)
+
+    assert [k async for k in redis.scan_iter(match=f"{run}*")] == []
+    assert await redis.get(f"{prefix}other") is not None
