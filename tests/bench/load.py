@@ -8,14 +8,16 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from redis.asyncio import Redis
 
 from shared.events import SignalEmitted
 from shared.streams import EVENT_FIELD, encode_entry
+
+T = TypeVar("T")
 
 SYMBOLS = ("BTC_USDT", "ETH_USDT", "SOL_USDT", "XRP_USDT")
 
@@ -129,6 +131,15 @@ async def publish_at_rate(
         next_at = started + index / rate
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     return published
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run a bench's coroutine under uvloop, as the services run (asyncio where it is missing)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def delete_keys(redis_url: str, prefix: str) -> None:

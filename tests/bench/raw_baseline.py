@@ -40,6 +40,7 @@ from tests.bench.load import (
     progress,
     publish_at_rate,
     publish_burst,
+    run_loop,
     signal_entry,
 )
 
@@ -235,15 +236,11 @@ def main() -> None:
     parser.add_argument("--expect", type=int, default=20_000)
     parser.add_argument("--drain", action="store_true")
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        run: Any = uvloop.run
-    except ImportError:
-        run = asyncio.run
     if args.consume:
         print(
-            json.dumps(run(consume(args.redis_url, args.database_url, args.stream, args.expect, args.drain)))
+            json.dumps(
+                run_loop(consume(args.redis_url, args.database_url, args.stream, args.expect, args.drain))
+            )
         )
         return
     from tests.support.servers import create_run_database, drop_database, postgres_admin_url, redis_server_url
@@ -254,10 +251,10 @@ def main() -> None:
     redis_url = redis_server_url()
     prefix = f"bench-raw-{uuid.uuid4().hex[:6]}:"
     try:
-        print(as_json(run(measure(redis_url, url, prefix))))
+        print(as_json(run_loop(measure(redis_url, url, prefix))))
     finally:
         drop_database(admin, name)
-        asyncio.run(delete_keys(redis_url, prefix))
+        run_loop(delete_keys(redis_url, prefix))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from tests.bench.load import (
     progress,
     publish_burst,
     redis_server_pids,
+    run_loop,
     signal_entry,
 )
 from tests.bench.stall_probe import Probe
@@ -391,11 +392,7 @@ def main() -> None:
         migrate(database_url)
         with tempfile.TemporaryDirectory(prefix="intentflow-bench-") as work:
             try:
-                import uvloop
-
-                result.update(uvloop.run(bench(redis_url, database_url, Path(work))))
-            except ImportError:
-                result.update(asyncio.run(bench(redis_url, database_url, Path(work))))
+                result.update(run_loop(bench(redis_url, database_url, Path(work))))
             except BaseException:
                 for log in sorted(Path(work).glob("*.log")):
                     progress(f"--- {log.name} (last lines) ---\n{log.read_text(errors='replace')[-3000:]}")

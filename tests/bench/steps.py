@@ -22,7 +22,6 @@ at 0.5 µs, the wall-clock reads at 0.14 µs, the wrappers' calls), ~0.5 % of a 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import functools
@@ -40,7 +39,7 @@ from shared.db import migrate
 from shared.redis import create_redis
 from shared.streams import StreamNames
 from tests.bench import bench_orchestrator
-from tests.bench.load import delete_keys, percentiles, progress
+from tests.bench.load import delete_keys, percentiles, progress, run_loop
 from tests.bench.run import _wait_decided, _write_out, service_env
 from tests.support import servers
 from tests.support.procs import Proc, wait_for_log
@@ -215,13 +214,9 @@ def main() -> None:
     try:
         migrate(database_url)
         with tempfile.TemporaryDirectory(prefix="intentflow-steps-") as work:
-            run = measure(redis_url, database_url, Path(work), rate=rate, seconds=seconds, slow_ms=slow_ms)
-            try:
-                import uvloop  # as make bench runs: the same publisher and reader costs
-            except ImportError:
-                result = asyncio.run(run)
-            else:
-                result = uvloop.run(run)
+            result = run_loop(
+                measure(redis_url, database_url, Path(work), rate=rate, seconds=seconds, slow_ms=slow_ms)
+            )
     finally:
         servers.drop_database(admin, name)
     print(json.dumps(result))
