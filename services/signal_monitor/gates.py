@@ -5,13 +5,15 @@ The strategy engine, the webhook and `intentflow publish` all call `SignalGate.s
 1. a `signal_id` already published is answered as a duplicate (nothing new is sent, and
    the gates are not consulted, so a retried call is never mistaken for a new signal);
 2. the gates (kill switch, the symbol's `alert_enabled`, the throttle of its
-   (symbol, side, strategy)) decide, and a pass is recorded in Redis atomically;
-3. the signal is appended to `signals` by `publish_signal` (atomic, once per signal_id).
+   (symbol, side, strategy)) decide;
+3. a signal they pass is appended to `signals` and its pass recorded in the throttle in
+   one atomic step (`publish_signal`: once per signal_id, and only while the
+   throttle still holds what the gates decided on; otherwise they decide again).
 
-A Redis error in steps 1-2 surfaces at once (nothing was recorded, the caller retries
-the whole call). Once the gates have passed, publishing is retried for `retry_for`
-seconds, because a retry of the whole call would then be held back by the cooldown the
-pass just recorded.
+A pass is recorded only with the signal it let through, so a call that failed sent nothing
+and recorded nothing: trying it again (the same signal_id) decides afresh, never held back
+by a cooldown of its own. While Redis fails, the three steps are tried again together for
+`retry_for` seconds.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.signal_monitor.throttle import Candidate, GateDecision, ThrottleStateStore, ThrottleStore
+from services.signal_monitor.throttle import Candidate, GateDecision, GateRules, ThrottleStore
 from services.signal_monitor.watchlist import Watchlist, WatchlistError, load_watchlist
 from shared.events import SignalEmitted, utcnow
 from shared.logging import get_logger
-from shared.publishing import publish_signal, seen_key
+from shared.publishing import ThrottleSwap, publish_signal, seen_key
 from shared.settings import Settings, SettingsError
 from shared.streams import StreamNames
 
@@ -92,14 +94,14 @@ class SignalGate:
         names: StreamNames,
         kill_switch: bool = False,
         maxlen: int = 1_000_000,
-        store: ThrottleStateStore | None = None,
+        store: ThrottleStore | None = None,
     ) -> None:
         self.redis = redis
         self.watchlist = watchlist
         self.names = names
         self.kill_switch = kill_switch
         self.maxlen = maxlen
-        self.store: ThrottleStateStore = store or ThrottleStore(redis, prefix=names.prefix)
+        self.store = store or ThrottleStore(redis, prefix=names.prefix)
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: Redis, watchlist: Watchlist) -> SignalGate:
@@ -127,53 +129,23 @@ class SignalGate:
     ) -> Outcome:
         """Send `signal` unless it is a duplicate or a gate holds it; `now` clocks the throttle.
 
-        Raises RedisError when Redis fails before the gates pass, PublishUnavailable when
-        it keeps failing for `retry_for` seconds after they passed (or once `stop` is set).
+        While Redis fails, the whole of it is tried again for `retry_for` seconds (duplicate
+        check first, so a send whose answer was lost is found sent); then, or once `stop` is
+        set, PublishUnavailable: nothing was sent and nothing recorded, and the caller may try
+        the same signal again.
         """
         now = now or utcnow()
-        bound = log.bind(signal_id=str(signal.signal_id), symbol=signal.symbol, side=signal.side.value)
-        entry = await self.already_published(signal)
-        if entry is not None:
-            bound.info("signal already published: nothing new sent", entry_id=entry)
-            return Outcome(signal, Result.DUPLICATE, entry_id=entry)
         rules = self.watchlist.gate_rules(signal.symbol, signal.strategy, kill_switch=self.kill_switch)
-        decision = await self.store.try_pass(Candidate.of(signal), rules, now)
-        if not decision.allowed:
-            bound.info(
-                "signal held back by a gate",
-                gate=decision.code.value,
-                reason=decision.reason,
-                strategy=signal.strategy,
-                source=signal.source.value,
-            )
-            return Outcome(signal, Result.HELD, gate=decision)
-        new, entry_id = await self._publish(signal, retry_for, stop)
-        if not new:
-            bound.info("signal already published: nothing new sent", entry_id=entry_id)
-            return Outcome(signal, Result.DUPLICATE, entry_id=entry_id, gate=decision)
-        bound.info(
-            "signal published",
-            entry_id=entry_id,
-            price=str(signal.price),
-            strategy=signal.strategy,
-            source=signal.source.value,
-        )
-        return Outcome(signal, Result.PUBLISHED, entry_id=entry_id, gate=decision)
-
-    async def _publish(
-        self, signal: SignalEmitted, retry_for: float, stop: asyncio.Event | None
-    ) -> tuple[bool, str]:
         deadline = time.monotonic() + retry_for if math.isfinite(retry_for) else math.inf
         delay = PUBLISH_BACKOFF_START_S
         while True:
             try:
-                return await publish_signal(
-                    self.redis, self.names.signals, signal, prefix=self.names.prefix, maxlen=self.maxlen
-                )
+                outcome = await self._submit_once(signal, rules, now)
+                break
             except RedisError as exc:
                 if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
                     log.error(
-                        "signal passed the gates but Redis did not take it",
+                        "signal not sent: Redis did not take it",
                         signal_id=str(signal.signal_id),
                         error=f"{type(exc).__name__}: {exc}",
                     )
@@ -188,6 +160,50 @@ class SignalGate:
                 )
                 await sleep_unless(stop, delay)
                 delay = min(delay * 2, PUBLISH_BACKOFF_CAP_S)
+        _log_outcome(outcome)
+        return outcome
+
+    async def _submit_once(self, signal: SignalEmitted, rules: GateRules, now: datetime) -> Outcome:
+        entry = await self.already_published(signal)
+        if entry is not None:
+            return Outcome(signal, Result.DUPLICATE, entry_id=entry)
+
+        async def send(swap: ThrottleSwap) -> tuple[bool, str] | None:
+            return await publish_signal(
+                self.redis, self.names.signals, signal, swap, prefix=self.names.prefix, maxlen=self.maxlen
+            )
+
+        decision, sent = await self.store.pass_and_send(Candidate.of(signal), rules, now, send)
+        if sent is None:
+            return Outcome(signal, Result.HELD, gate=decision)
+        new, entry_id = sent
+        return Outcome(
+            signal, Result.PUBLISHED if new else Result.DUPLICATE, entry_id=entry_id, gate=decision
+        )
+
+
+def _log_outcome(outcome: Outcome) -> None:
+    signal = outcome.signal
+    bound = log.bind(signal_id=str(signal.signal_id), symbol=signal.symbol, side=signal.side.value)
+    if outcome.result is Result.DUPLICATE:
+        bound.info("signal already published: nothing new sent", entry_id=outcome.entry_id)
+    elif outcome.result is Result.HELD:
+        assert outcome.gate is not None
+        bound.info(
+            "signal held back by a gate",
+            gate=outcome.gate.code.value,
+            reason=outcome.gate.reason,
+            strategy=signal.strategy,
+            source=signal.source.value,
+        )
+    else:
+        bound.info(
+            "signal published",
+            entry_id=outcome.entry_id,
+            price=str(signal.price),
+            strategy=signal.strategy,
+            source=signal.source.value,
+        )
 
 
 async def sleep_unless(stop: asyncio.Event | None, seconds: float) -> None:

@@ -1,8 +1,9 @@
 """Gates a signal passes before it counts as sent: kill switch, alerts, cooldown, price change.
 
 `decide` is the pure rule. `ThrottleStore` keeps the per-key state in Redis so that it
-survives a restart, and `try_pass` checks and records in one atomic step (WATCH/MULTI),
-so two monitors racing on the same key never both pass.
+survives a restart, and `pass_and_send` records a pass in the same atomic step as it sends
+the signal (compare-and-set on the key's state), so two monitors racing on the same key
+never both pass, and a pass is never recorded for a signal that was not sent.
 
 The throttle key is (symbol, side, strategy); its state is the price and time of the last
 signal that passed. A signal is held back while `now - last_time < cooldown_seconds`
@@ -13,15 +14,17 @@ while its price moved less than `min_price_change_pct` percent from the last pri
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Protocol
-
-from redis.exceptions import WatchError
+from typing import Any, TypeVar
 
 from shared.events import Side, SignalEmitted
+from shared.publishing import ThrottleSwap
+
+R = TypeVar("R")
 
 
 class GateCode(StrEnum):
@@ -129,18 +132,9 @@ def next_state(candidate: Candidate, now: datetime) -> ThrottleState:
     return ThrottleState(last_price=candidate.price, last_time=now)
 
 
-class ThrottleStateStore(Protocol):
-    """Where throttle state lives; the wiring uses Redis, tests may use memory."""
-
-    async def get(self, key: str) -> ThrottleState | None: ...
-
-    async def put(self, key: str, state: ThrottleState) -> None: ...
-
-    async def try_pass(self, candidate: Candidate, rules: GateRules, now: datetime) -> GateDecision: ...
-
-
 class MemoryThrottleStore:
-    """Throttle state in a dict: for tests and for running without persistence."""
+    """Throttle state in a dict, passes recorded as decided: what a replay would let through
+    (tests predict the sample's signals with it); the service uses ThrottleStore."""
 
     def __init__(self) -> None:
         self.states: dict[str, ThrottleState] = {}
@@ -181,25 +175,32 @@ class ThrottleStore:
         """Record the state of `key`."""
         await self._redis.set(self.redis_key(key), state.to_json())
 
-    async def try_pass(self, candidate: Candidate, rules: GateRules, now: datetime) -> GateDecision:
-        """Decide and, when allowed, record the new state atomically (retried if the key moved)."""
+    async def pass_and_send(
+        self,
+        candidate: Candidate,
+        rules: GateRules,
+        now: datetime,
+        send: Callable[[ThrottleSwap], Awaitable[R | None]],
+    ) -> tuple[GateDecision, R | None]:
+        """Decide; when allowed, send the signal and record the pass in one atomic step.
+
+        `send(swap)` must send the signal and move swap.key from swap.expected to swap.new
+        atomically, only while the key still holds swap.expected, and answer None, having done
+        nothing, when it does not (shared.publishing.publish_signal). Another monitor
+        passed a signal for this key meanwhile: the candidate is decided again on what it
+        recorded. So a pass is recorded only with the signal it let through: a send Redis
+        refuses records nothing, and the same signal passes when it is tried again.
+        Returns the decision and what `send` answered (None when held).
+        """
         if rules.kill_switch or not rules.alert_enabled:
-            return decide(None, candidate, rules, now)
+            return decide(None, candidate, rules, now), None
         key = self.redis_key(candidate.key)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    state = None if raw is None else ThrottleState.from_json(raw)
-                    decision = decide(state, candidate, rules, now)
-                    if not decision.allowed:
-                        await pipe.unwatch()
-                        return decision
-                    pipe.multi()
-                    pipe.set(key, next_state(candidate, now).to_json())
-                    await pipe.execute()
-                    return decision
-                except WatchError:
-                    # Another monitor recorded a signal for this key meanwhile: decide again.
-                    continue
+        while True:
+            raw = await self._redis.get(key)
+            state = None if raw is None else ThrottleState.from_json(raw)
+            decision = decide(state, candidate, rules, now)
+            if not decision.allowed:
+                return decision, None
+            sent = await send(ThrottleSwap(key, raw, next_state(candidate, now).to_json()))
+            if sent is not None:
+                return decision, sent

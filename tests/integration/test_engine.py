@@ -150,6 +150,29 @@ async def test_a_second_signal_inside_the_cooldown_is_held_also_after_a_restart(
     assert [(e["side"], e["price"]) for e in published] == [("BUY", "100"), ("SELL", "200")]
 
 
+async def test_a_signal_redis_refused_is_sent_when_the_call_is_retried_inside_the_cooldown(
+    monitor_settings: Callable[..., Settings], tmp_path: Path, redis: Redis, names: StreamNames
+) -> None:
+    # The stream key holds a string, so Redis refuses the append (WRONGTYPE): a real refusal
+    # after the gates passed. The caller is told to retry; the retry must not meet the
+    # cooldown of a pass that sent nothing, nor a "published" mark without an entry.
+    settings = monitor_settings(WEBHOOK_SECRET=SECRET, WATCHLIST_FILE=gates_watchlist(tmp_path))
+    signal_id = str(uuid.uuid4())
+    async with serve(build_app(settings)) as hook:
+        await redis.set(names.signals, "not a stream")
+        refused = await post(hook.base, price="100", signal_id=signal_id)
+        assert refused.status_code == 503, refused.text
+        assert "retry the call" in refused.json()["detail"]
+        await redis.delete(names.signals)
+        retried = await post(hook.base, price="100", signal_id=signal_id)
+        assert retried.status_code == 202, retried.text
+        assert retried.json() == {"signal_id": signal_id, "status": "published"}
+        held = await post(hook.base, price="200")  # the pass that sent it counts: cooldown
+        assert (held.status_code, held.json().get("gate")) == (200, "COOLDOWN")
+    published = await events(redis, names.signals)
+    assert [(e["signal_id"], e["price"]) for e in published] == [(signal_id, "100")]
+
+
 async def test_a_smaller_price_change_than_configured_is_held(
     monitor_settings: Callable[..., Settings], tmp_path: Path, redis: Redis, names: StreamNames
 ) -> None:
