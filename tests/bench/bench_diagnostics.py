@@ -5,6 +5,12 @@ Run: `DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python -m tests
 generate_series, VACUUM ANALYZEs, times the query, and drops the database). Prints one
 JSON object; `diagnostics_ms` is the median of the 12-hour query.
 
+With a Redis URL (as `make bench` runs it) the diagnostics service then runs over the planted
+database as its own process (`intentflow run diagnostics`, as compose runs it) and answers
+`GET /api/diagnostics/recent-signals?hours=12` (its default limit, 500) RUNS times and
+`hours=168` SERVICE_RUNS_168H times: `diagnostics_http_ms` is the median of the 12-hour
+answers, timed at the client, and `rss` the service's resident memory over those requests.
+
 The planted month: one intent per ~2.6 s over 30 days (80% placed, 8% failed, 8% dedup,
 4% blocked), a SIGNAL message for 920,000 of them (1% undelivered, 0.1% without a
 decision trace) and an ORDER FAILED message for each failed one: 1,000,000 messages.
@@ -17,19 +23,26 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 
 from services.diagnostics.invariants import Window, recent_signals
 from shared.db import create_pool, migrate
+from shared.embedded import free_port
+from tests.bench.load import delete_keys
+from tests.support.procs import Proc, intentflow
 from tests.support.servers import create_run_database, drop_database
 
 INTENTS = 1_000_000
 SIGNAL_MESSAGES = 920_000
 RUNS = 7
+SERVICE_RUNS_168H = 3
 
 PLANT_INTENTS = f"""
 INSERT INTO order_intents (id, signal_id, idempotency_key, symbol, side, strategy, source, price,
@@ -108,10 +121,74 @@ async def _time(url: str, hours: int) -> tuple[float, int]:
         await pool.close()
 
 
-def measure(admin_url: str) -> dict[str, Any]:
-    """Plant the month in a database of its own, time the query, drop the database; return the figures."""
+def time_service(base_url: str, hours: int, runs: int) -> tuple[float, int]:
+    """Median ms of `runs` answers of the service's recent-signals at `hours` (after one to warm
+    it), timed at the client; and the window's total_signals."""
+    samples = []
+    with httpx.Client(base_url=base_url, timeout=120) as http:
+        body: dict[str, Any] = {}
+        for n in range(runs + 1):
+            started = time.perf_counter()
+            answer = http.get("/api/diagnostics/recent-signals", params={"hours": hours})
+            if answer.status_code != 200:
+                raise RuntimeError(f"diagnostics answered {answer.status_code}: {answer.text[:300]}")
+            body = answer.json()
+            if n:
+                samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples), int(body["counts"]["total_signals"])
+
+
+def serve_and_time(url: str, redis_url: str, work: Path, *, prefix: str | None = None) -> dict[str, Any]:
+    """Run the diagnostics service over `url` as its own process; time its recent-signals answers
+    (time_service) and sample its resident memory meanwhile. Deletes the Redis keys it made."""
+    from tests.bench.run import RssSampler, wait_http
+
+    port = free_port()
+    prefix = prefix or f"bench-diag-{uuid.uuid4().hex[:8]}:"
+    env = {
+        "DATABASE_URL": url,
+        "REDIS_URL": redis_url,
+        "INTENTFLOW_STREAM_PREFIX": prefix,
+        "INTENTFLOW_DATA_DIR": str(work / "data"),
+        "DIAGNOSTICS_PORT": str(port),
+        "LOG_FORMAT": "json",
+    }
+    proc = Proc(intentflow("run", "diagnostics"), env, work / "diagnostics.log").start()
+    sampler = RssSampler()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        asyncio.run(wait_http(f"{base}/healthz", proc, timeout=60))
+        sampler.watch("diagnostics", proc.pid)
+        sampler.start()
+        ms_12, signals_12 = time_service(base, 12, RUNS)
+        ms_168, _ = time_service(base, 168, SERVICE_RUNS_168H)
+    finally:
+        sampler.stop()
+        code = proc.terminate()
+        # Its watchdog's first round (at start, as in production) may republish the planted month's
+        # signals without an intent into this prefix's stream.
+        asyncio.run(delete_keys(redis_url, prefix))
+    if code != 0:
+        raise RuntimeError(f"diagnostics exited {code}:\n{proc.output()[-2000:]}")
+    peaks, flat, detail = sampler.summary()
+    return {
+        "diagnostics_http_ms": round(ms_12, 2),
+        "diagnostics_http_ms_168h": round(ms_168, 2),
+        "http_signals_in_12h": signals_12,
+        "rss": {
+            "peak_mb": peaks.get("diagnostics"),
+            "flat": flat.get("diagnostics"),
+            **detail.get("diagnostics", {}),
+        },
+    }
+
+
+def measure(admin_url: str, redis_url: str | None = None) -> dict[str, Any]:
+    """Plant the month in a database of its own, time the query (and the service answering it,
+    given a Redis URL), drop the database; return the figures."""
     name = f"intentflow_bench_diag_{uuid.uuid4().hex[:8]}"
     url = create_run_database(admin_url, name)
+    served: dict[str, Any] = {}
     try:
         migrate(url)
         started = time.perf_counter()
@@ -119,6 +196,9 @@ def measure(admin_url: str) -> dict[str, Any]:
         plant_s = time.perf_counter() - started
         ms_12, signals_12 = asyncio.run(_time(url, 12))
         ms_168, signals_168 = asyncio.run(_time(url, 168))
+        if redis_url is not None:
+            with tempfile.TemporaryDirectory(prefix="intentflow-bench-diag-") as work:
+                served = serve_and_time(url, redis_url, Path(work))
     finally:
         drop_database(admin_url, name)
     return {
@@ -126,6 +206,7 @@ def measure(admin_url: str) -> dict[str, Any]:
         "diagnostics_ms_168h": round(ms_168, 2),
         "signals_in_12h": signals_12,
         "signals_in_168h": signals_168,
+        **served,
         **planted,
         "plant_s": round(plant_s, 1),
         "runs": RUNS,

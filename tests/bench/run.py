@@ -66,6 +66,7 @@ from tests.support.procs import Proc, intentflow, wait_for_log
 
 RESULTS = Path("bench-results")
 GROUP_CHAT = "-1001234567890"
+WEBHOOK_SECRET = "bench-webhook-secret"
 RSS_EVERY_S = 0.25
 
 
@@ -79,24 +80,32 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def watch(self, name: str, pid: int) -> None:
+        """Sample the process from now on (once at once, so that a short watch has a figure)."""
         self._procs[name] = psutil.Process(pid)
         self.samples.setdefault(name, [])
+        self._sample({name: self._procs[name]})
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop sampling, with one last sample of every process still running."""
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self._sample(dict(self._procs))
 
     def _run(self) -> None:
         while not self._stop.wait(RSS_EVERY_S):
-            for name, proc in list(self._procs.items()):
-                try:
-                    rss = proc.memory_info().rss / 2**20
-                except psutil.Error:
-                    continue
-                self.samples[name].append((time.monotonic(), rss))
+            self._sample(dict(self._procs))
+
+    def _sample(self, procs: dict[str, psutil.Process]) -> None:
+        for name, proc in procs.items():
+            try:
+                rss = proc.memory_info().rss / 2**20
+            except psutil.Error:
+                continue
+            self.samples[name].append((time.monotonic(), rss))
 
     def summary(self) -> tuple[dict[str, float], dict[str, bool], dict[str, Any]]:
         """Peak MB per process; flat = the second half's peak within 10% (+5 MB) of the first half's."""
@@ -296,20 +305,43 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
         )
         result["orchestrator_2_processes_per_s"] = two["per_s"]
 
-        progress(f"telegram burst: {burst_count} signals to one group chat, limits enforced")
+        progress(
+            f"telegram burst: {burst_count} signals through the webhook to one group chat, limits enforced"
+        )
+        webhook_port = free_port()
+        monitor_env = {
+            **env,
+            "WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "WEBHOOK_PORT": str(webhook_port),
+            "WEBHOOK_RATE_PER_MIN": "1000000",
+        }
+        procs["signal-monitor"] = Proc(
+            intentflow("run", "signal-monitor"), monitor_env, work / "signal-monitor.log"
+        ).start()
+        sampler.watch("signal-monitor", procs["signal-monitor"].pid)
+        webhook_url = f"http://127.0.0.1:{webhook_port}"
+        await wait_http(f"{webhook_url}/healthz", procs["signal-monitor"])
         procs["telegram-sandbox"] = Proc(
             intentflow("telegram-sandbox", "--port", str(sandbox_port), "--enforce-limits"),
             env,
             work / "sandbox.log",
         ).start()
         sampler.watch("telegram-sandbox", procs["telegram-sandbox"].pid)
-        await _wait_http(f"{sandbox_url}/sandbox/stats", procs["telegram-sandbox"])
+        await wait_http(f"{sandbox_url}/sandbox/stats", procs["telegram-sandbox"])
         await _start_group_at_end(redis, names.signals, GROUP_NOTIFIER)
         await _start_group_at_end(redis, names.order_decisions, GROUP_NOTIFIER)
         procs["notifier"] = Proc(intentflow("run", "notifier"), env, work / "notifier.log").start()
         sampler.watch("notifier", procs["notifier"].pid)
         wait_for_log(procs["notifier"], "notifier consuming", timeout=60)
-        result.update(await bench_telegram.burst(redis, names, sandbox_url, count=burst_count))
+        result.update(
+            await bench_telegram.burst(
+                redis,
+                names,
+                sandbox_url,
+                count=burst_count,
+                webhook=(f"{webhook_url}/webhook", WEBHOOK_SECRET),
+            )
+        )
     finally:
         sampler.stop()
         codes = {name: proc.terminate() for name, proc in procs.items()}
@@ -364,7 +396,7 @@ def _median_by_rate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return ordered[(len(ordered) - 1) // 2]
 
 
-async def _wait_http(url: str, proc: Proc, timeout: float = 30) -> None:
+async def wait_http(url: str, proc: Proc, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=2) as http:
         while time.monotonic() < deadline:
@@ -403,8 +435,13 @@ def main() -> None:
         from tests.bench.bench_diagnostics import measure
 
         progress("diagnostics: planting 1M intents and 1M messages, timing the 12 h query")
-        diag = measure(admin)
+        diag = measure(admin, redis_url)
         result["diagnostics_ms"] = diag["diagnostics_ms"]
+        result["diagnostics_http_ms"] = diag["diagnostics_http_ms"]
+        rss = diag.pop("rss")
+        result.setdefault("rss_mb", {})["diagnostics"] = rss.pop("peak_mb")
+        result.setdefault("rss_flat", {})["diagnostics"] = rss.pop("flat")
+        result.setdefault("rss_detail", {})["diagnostics"] = rss
         result["diagnostics_detail"] = diag
     result["machine"] = machine()
     result["bench_s"] = round(time.monotonic() - started, 1)
