@@ -141,18 +141,11 @@ def time_service(base_url: str, hours: int, runs: int) -> tuple[float, int]:
 def serve_and_time(url: str, redis_url: str, work: Path, *, prefix: str | None = None) -> dict[str, Any]:
     """Run the diagnostics service over `url` as its own process; time its recent-signals answers
     (time_service) and sample its resident memory meanwhile. Deletes the Redis keys it made."""
-    from tests.bench.run import RssSampler, wait_http
+    from tests.bench.run import RssSampler, service_env, wait_http
 
     port = free_port()
     prefix = prefix or f"bench-diag-{uuid.uuid4().hex[:8]}:"
-    env = {
-        "DATABASE_URL": url,
-        "REDIS_URL": redis_url,
-        "INTENTFLOW_STREAM_PREFIX": prefix,
-        "INTENTFLOW_DATA_DIR": str(work / "data"),
-        "DIAGNOSTICS_PORT": str(port),
-        "LOG_FORMAT": "json",
-    }
+    env = {**service_env(redis_url, url, prefix, work), "DIAGNOSTICS_PORT": str(port)}
     proc = Proc(intentflow("run", "diagnostics"), env, work / "diagnostics.log").start()
     sampler = RssSampler()
     try:

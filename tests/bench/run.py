@@ -31,12 +31,10 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import tempfile
 import threading
 import time
 import uuid
-from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,7 @@ import psutil
 from redis.asyncio import Redis
 
 from shared.db import migrate
+from shared.embedded import free_port
 from shared.redis import create_redis
 from shared.streams import GROUP_NOTIFIER, StreamNames
 from tests.bench import bench_orchestrator, bench_telegram, raw_baseline
@@ -128,12 +127,6 @@ class RssSampler:
                 "samples": len(values),
             }
         return peaks, flat, detail
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def machine() -> dict[str, Any]:
