@@ -178,8 +178,11 @@ async def drain(redis: Redis, redis_url: str, database_url: str, stream: str, ev
 
 async def latency(
     redis: Redis, redis_url: str, database_url: str, stream: str, *, rate: float, seconds: float
-) -> dict[str, Any]:
-    """Run the loop while signals are published at `rate` for `seconds`: latency = row written - published."""
+) -> tuple[dict[str, Any], list[tuple[float, float]]]:
+    """Run the loop while signals are published at `rate` for `seconds`: latency = row written - published.
+
+    Also returns each event's (published, written) times.
+    """
     total = int(rate * seconds)
     entries = prebuild(total, "rawlat")
     proc = _start(redis_url, database_url, stream, total, drain=False)
@@ -194,10 +197,10 @@ async def latency(
         )
     finally:
         await conn.close()
-    latencies = [(float(r["at"]) - published[r["id"]]) * 1000 for r in rows]
-    result = percentiles(latencies)
+    spans = [(published[r["id"]], float(r["at"])) for r in rows]
+    result = percentiles([(written - sent) * 1000 for sent, written in spans])
     progress(f"raw loop latency at {rate:.0f}/s: {result}")
-    return {"raw_latency_ms": result, "raw_latency_events": len(latencies)}
+    return {"raw_latency_ms": result, "raw_latency_events": len(spans)}, spans
 
 
 async def measure(
@@ -214,7 +217,7 @@ async def measure(
     redis = Redis.from_url(redis_url)
     try:
         drained = await drain(redis, redis_url, database_url, f"{prefix}raw-drain", events)
-        late = await latency(
+        late, _ = await latency(
             redis, redis_url, database_url, f"{prefix}raw-latency", rate=rate, seconds=seconds
         )
         return {

@@ -23,6 +23,12 @@ or waits for a CPU others hold), and the time lost, as `raw_latency_machine_stal
 `latency_machine_stalls`, and the CPU used in it, in cores, as `raw_latency_cpu_cores` and
 `latency_cpu_cores`: the whole machine, Redis and this process (publisher and reader); in the
 orchestrator's window also the orchestrator and its PostgreSQL backends.
+
+Each latency window also runs beside a disk probe (tests/bench/disk_probe.py), when the
+database's disk is on this machine: the intervals in which the disk's completed requests had
+waited 10 ms or more on average (a stall that held every commit), as `raw_latency_disk` and
+`latency_disk`, and how many of the window's signals over 10 ms waited across one, as
+`raw_latency_over_10ms` and `latency_over_10ms`.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from shared.embedded import free_port
 from shared.redis import create_redis
 from shared.streams import GROUP_NOTIFIER, StreamNames
 from tests.bench import bench_orchestrator, bench_telegram, raw_baseline
+from tests.bench.disk_probe import DiskProbe, database_stat_path, signals_across
 from tests.bench.load import (
     CpuWindow,
     backend_pids,
@@ -246,13 +253,19 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
 
         progress(f"raw loop latency: {rate:.0f} events/s for {seconds:.0f} s")
         checkpointed = await _write_out(database_url)
-        with Probe() as probe, CpuWindow(bench=[os.getpid()], redis=redis_server_pids()) as cpu:
-            result.update(
-                await raw_baseline.latency(
-                    redis, redis_url, database_url, f"{prefix}raw-latency", rate=rate, seconds=seconds
-                )
+        disk_stat = await database_stat_path(database_url)
+        with (
+            Probe() as probe,
+            DiskProbe(disk_stat) as disk,
+            CpuWindow(bench=[os.getpid()], redis=redis_server_pids()) as cpu,
+        ):
+            raw_latency, raw_spans = await raw_baseline.latency(
+                redis, redis_url, database_url, f"{prefix}raw-latency", rate=rate, seconds=seconds
             )
+        result.update(raw_latency)
         result["raw_latency_machine_stalls"] = probe.result
+        result["raw_latency_disk"] = disk.result
+        result["raw_latency_over_10ms"] = signals_across(raw_spans, disk.slow_at)
         result["raw_latency_cpu_cores"] = cpu.cores
 
         progress(f"orchestrator throughput: {events} signals published while it consumes")
@@ -273,10 +286,13 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
             bench=[os.getpid()],
         )
         scripts_before = await _script_calls(redis)
-        with Probe() as probe, parties as cpu:
-            result.update(await bench_orchestrator.latency(redis, names, rate, seconds))
+        with Probe() as probe, DiskProbe(disk_stat) as disk, parties as cpu:
+            latency, spans = await bench_orchestrator.latency(redis, names, rate, seconds)
+        result.update(latency)
         batches = await _script_calls(redis) - scripts_before
         result["latency_machine_stalls"] = probe.result
+        result["latency_disk"] = disk.result
+        result["latency_over_10ms"] = signals_across(spans, disk.slow_at)
         result["latency_cpu_cores"] = cpu.cores
         result["latency_batches"] = batches
         if batches:
@@ -286,6 +302,10 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
                 if name in cpu.seconds
             }
         progress(f"the machine during that window: {probe.result}; CPU in cores: {cpu.cores}")
+        progress(
+            f"the disk: {disk.result.get('slow', 'not probed')} slow completions"
+            f" (worst {disk.result.get('worst_ms', '-')} ms); signals over 10 ms: {result['latency_over_10ms']}"
+        )
 
         progress(f"scaling out: a second orchestrator process, {events} signals at once")
         procs["orchestrator-2"] = Proc(

@@ -13,7 +13,9 @@ one JSON object: the latency as `make bench` measures it, and for the batches of
 - `cpu_ms`: the orchestrator's own CPU per batch (its process's, over the batch);
 - `slow`: the batches slower than BENCH_SLOW_MS (6): how many, and how often each step was the
   longest of the batch; `own_cpu` counts those in which the orchestrator's own CPU was most of
-  the batch's time.
+  the batch's time;
+- `latency_disk` and `latency_over_10ms`: the disk probe's slow completions in the window and
+  how many of the signals over 10 ms waited across one, as `make bench` reports them.
 
 The timers wrap the orchestrator's functions in the child process only (`--child`): the
 product runs unchanged. Together they add ~6 µs of CPU a batch here (two process-time reads
@@ -39,6 +41,7 @@ from shared.db import migrate
 from shared.redis import create_redis
 from shared.streams import StreamNames
 from tests.bench import bench_orchestrator
+from tests.bench.disk_probe import DiskProbe, database_stat_path, signals_across
 from tests.bench.load import delete_keys, percentiles, progress, run_loop
 from tests.bench.run import _wait_decided, _write_out, service_env
 from tests.support import servers
@@ -186,9 +189,13 @@ async def measure(
         await _wait_decided(redis, names, 1000)
         await _write_out(database_url)
         progress(f"{rate:.0f} signals/s for {seconds:.0f} s")
+        disk_stat = await database_stat_path(database_url)
         since = time.time()
-        result = await bench_orchestrator.latency(redis, names, rate, seconds)
+        with DiskProbe(disk_stat) as disk:
+            result, spans = await bench_orchestrator.latency(redis, names, rate, seconds)
         until = time.time()
+        result["latency_disk"] = disk.result
+        result["latency_over_10ms"] = signals_across(spans, disk.slow_at)
     finally:
         code = proc.terminate()
         await redis.aclose()
