@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from redis.asyncio import Redis
@@ -190,13 +191,33 @@ def machine_busy_seconds() -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
+PRESSURE = Path("/proc/pressure")
+
+
+def pressure_totals(root: Path = PRESSURE) -> dict[str, int]:
+    """Microseconds so far in which some task on this machine waited for a CPU, for I/O or for
+    memory: the `some` totals of the kernel's pressure stall information (none where it keeps
+    none)."""
+    totals: dict[str, int] = {}
+    for resource in ("cpu", "io", "memory"):
+        try:
+            lines = (root / resource).read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith("some ") and "total=" in line:
+                totals[resource] = int(line.rsplit("total=", 1)[1])
+    return totals
+
+
 class CpuWindow:
     """The CPU each party used over a window, from /proc at its start and end.
 
     `with CpuWindow(orchestrator=[pid], postgres=backend_pids(db)) as w: …`, then `w.seconds`
     (CPU seconds per party, and `machine_busy` for the whole machine) and `w.cores` (the same
     over the window's length). A party is a list of pids, each counted by cpu_since; on two
-    cores, it shows who holds the CPU a signal in hand waits for.
+    cores, it shows who holds the CPU a signal in hand waits for. `w.pressure_ms`: the ms of the
+    window in which some task waited for a CPU, for I/O or for memory (pressure_totals).
     """
 
     def __init__(self, **parties: Sequence[int]) -> None:
@@ -204,13 +225,16 @@ class CpuWindow:
         self._before: dict[str, dict[int, float]] = {}
         self._busy = 0.0
         self._started = 0.0
+        self._pressure: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
         self.cores: dict[str, float] = {}
+        self.pressure_ms: dict[str, float] = {}
 
     def start(self) -> CpuWindow:
         """Take the start figures (also `with CpuWindow(…)`)."""
         self._before = {name: cpu_by_pid(pids) for name, pids in self._parties.items()}
         self._busy = machine_busy_seconds()
+        self._pressure = pressure_totals()
         self._started = time.monotonic()
         return self
 
@@ -220,6 +244,10 @@ class CpuWindow:
         self.seconds = {"machine_busy": machine_busy_seconds() - self._busy}
         self.seconds.update({name: cpu_since(before) for name, before in self._before.items()})
         self.cores = {name: round(value / elapsed, 3) for name, value in self.seconds.items()}
+        after = pressure_totals()
+        self.pressure_ms = {
+            k: round((after[k] - self._pressure[k]) / 1000, 1) for k in after if k in self._pressure
+        }
 
     def per(self, count: int, unit: float = 1e6) -> dict[str, float]:
         """Each party's CPU (not the machine's) per one of `count`, in seconds × unit (µs by default)."""

@@ -28,7 +28,9 @@ Each latency window also runs beside a disk probe (tests/bench/disk_probe.py), w
 database's disk is on this machine: the intervals in which the disk's completed requests had
 waited 10 ms or more on average (a stall that held every commit), as `raw_latency_disk` and
 `latency_disk`, and how many of the window's signals over 10 ms waited across one, as
-`raw_latency_over_10ms` and `latency_over_10ms`.
+`raw_latency_over_10ms` and `latency_over_10ms`; and the ms of each window in which some task
+on the machine waited for a CPU, for I/O or for memory (the kernel's pressure stall totals), as
+`raw_latency_pressure_ms` and `latency_pressure_ms`.
 """
 
 from __future__ import annotations
@@ -267,6 +269,7 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
         result["raw_latency_disk"] = disk.result
         result["raw_latency_over_10ms"] = signals_across(raw_spans, disk.slow_at)
         result["raw_latency_cpu_cores"] = cpu.cores
+        result["raw_latency_pressure_ms"] = cpu.pressure_ms
 
         progress(f"orchestrator throughput: {events} signals published while it consumes")
         live = await bench_orchestrator.throughput(
@@ -294,6 +297,7 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
         result["latency_disk"] = disk.result
         result["latency_over_10ms"] = signals_across(spans, disk.slow_at)
         result["latency_cpu_cores"] = cpu.cores
+        result["latency_pressure_ms"] = cpu.pressure_ms
         result["latency_batches"] = batches
         if batches:
             result["latency_cpu_ms_per_batch"] = {
@@ -304,7 +308,8 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
         progress(f"the machine during that window: {probe.result}; CPU in cores: {cpu.cores}")
         progress(
             f"the disk: {disk.result.get('slow', 'not probed')} slow completions"
-            f" (worst {disk.result.get('worst_ms', '-')} ms); signals over 10 ms: {result['latency_over_10ms']}"
+            f" (worst {disk.result.get('worst_ms', '-')} ms); signals over 10 ms: {result['latency_over_10ms']};"
+            f" ms in which some task waited: {cpu.pressure_ms}"
         )
 
         progress(f"scaling out: a second orchestrator process, {events} signals at once")

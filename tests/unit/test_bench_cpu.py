@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 from urllib.parse import urlparse
 
-from tests.bench.load import CpuWindow, cpu_by_pid, cpu_since, redis_server_pids
+import pytest
+
+from tests.bench.load import PRESSURE, CpuWindow, cpu_by_pid, cpu_since, pressure_totals, redis_server_pids
 
 # Waits for a line, burns 0.3 s of CPU, says so, then waits for another line before it exits.
 BURNER = (
@@ -82,6 +86,40 @@ def test_a_window_counts_each_party_and_the_whole_machine() -> None:
         assert window.per(2) == {name: window.seconds[name] / 2 * 1e6 for name in ("busy", "idle", "gone")}
     finally:
         for proc in (busy, idle):
+            proc.kill()
+            proc.wait(10)
+
+
+def test_pressure_totals_are_the_some_lines_of_each_resource_there_is(tmp_path: Path) -> None:
+    (tmp_path / "cpu").write_text(
+        "some avg10=0.70 avg60=4.75 avg300=6.39 total=97005254\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+    )
+    (tmp_path / "io").write_text(
+        "some avg10=1.79 avg60=1.53 avg300=1.53 total=71384312\nfull avg10=1.62 avg60=1.19 avg300=1.13 total=65638172\n"
+    )
+    # No memory file: a kernel that keeps no such figure leaves it out.
+    assert pressure_totals(tmp_path) == {"cpu": 97005254, "io": 71384312}
+    assert pressure_totals(tmp_path / "missing") == {}
+
+
+def test_a_window_counts_the_time_tasks_waited_for_a_cpu() -> None:
+    if not (PRESSURE / "cpu").exists():
+        pytest.skip("this kernel keeps no pressure stall information")
+    burners = [_burner() for _ in range(3)]  # three of them on (at most) two cores here
+    try:
+        with CpuWindow() as window:
+            for proc in burners:
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            for proc in burners:
+                assert proc.stdout is not None and proc.stdout.readline().strip() == "burnt"
+        assert set(window.pressure_ms) >= {"cpu"}
+        if len(os.sched_getaffinity(0)) <= 2:
+            assert window.pressure_ms["cpu"] > 0
+        assert all(value >= 0 for value in window.pressure_ms.values())
+    finally:
+        for proc in burners:
             proc.kill()
             proc.wait(10)
 
