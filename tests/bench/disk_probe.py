@@ -17,6 +17,7 @@ prints one JSON summary after a "ready" line (`DiskProbe` starts and stops it ar
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import select
@@ -123,7 +124,13 @@ def signals_across(
     completion: one that came between their sending and their end (one probe interval later)."""
     ordered = sorted(slow_at)
     slow = [(sent, done) for sent, done in spans if (done - sent) * 1000 > over_ms]
-    across = sum(1 for sent, done in slow if any(sent <= at <= done + EVERY_S for at in ordered))
+    # The first slow completion at or after the signal was sent: across if it came by its end.
+    firsts = (bisect.bisect_left(ordered, sent) for sent, _ in slow)
+    across = sum(
+        1
+        for (_, done), i in zip(slow, firsts, strict=True)
+        if i < len(ordered) and ordered[i] <= done + EVERY_S
+    )
     return {"over_ms": over_ms, "signals": len(slow), "across_slow_disk": across}
 
 
