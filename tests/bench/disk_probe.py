@@ -18,6 +18,7 @@ prints one JSON summary after a "ready" line (`DiskProbe` starts and stops it ar
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import json
 import os
 import select
@@ -48,12 +49,21 @@ def stat_path_for(directory: str) -> Path | None:
     return path if path.exists() else None
 
 
+def served_here(server_address: str | None) -> bool:
+    """Whether a server that answers `inet_server_addr()` so runs on this machine: over a Unix
+    socket (no address) or on a loopback address."""
+    return server_address is None or ipaddress.ip_address(server_address.split("/")[0]).is_loopback
+
+
 async def database_stat_path(database_url: str) -> Path | None:
-    """The stat file of the disk holding the database server's data directory, when that is here."""
+    """The stat file of the disk holding the database server's data directory, when the server
+    runs on this machine (a directory of the same name here would be another one's)."""
     import asyncpg  # here rather than at the top: the probe's own process does without it
 
     conn = await asyncpg.connect(database_url)
     try:
+        if not served_here(await conn.fetchval("SELECT host(inet_server_addr())")):
+            return None
         directory = await conn.fetchval("SHOW data_directory")
     except asyncpg.PostgresError:  # not a superuser nor pg_read_all_settings: not shown
         return None

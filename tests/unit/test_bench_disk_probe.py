@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.bench.disk_probe import completions, signals_across, slowest, summary
+from tests.bench.disk_probe import completions, served_here, signals_across, slowest, summary
 
 #            reads (ios, merges, sectors, ms) | writes (same)   | in flight, io ms, queue ms | discards (same)  | flushes, ms
 BEFORE = [10, 0, 80, 5, 100, 3, 800, 40, 1, 900, 950, 2, 0, 16, 1, 50, 7]
@@ -51,3 +51,10 @@ def test_a_slow_signal_counts_as_across_a_slow_completion_that_came_while_it_wai
     assert signals_across(spans, [10.040, 10.133]) == {"over_ms": 10.0, "signals": 4, "across_slow_disk": 3}
     assert signals_across(spans, []) == {"over_ms": 10.0, "signals": 4, "across_slow_disk": 0}
     assert signals_across(spans, [10.040], over_ms=40) == {"over_ms": 40, "signals": 1, "across_slow_disk": 1}
+
+
+def test_only_a_server_on_a_unix_socket_or_a_loopback_address_is_on_this_machine() -> None:
+    assert served_here(None)  # a Unix socket
+    assert served_here("127.0.0.1") and served_here("127.0.0.2") and served_here("::1")
+    assert not served_here("10.0.0.5")
+    assert not served_here("172.18.0.2")  # a container's address, its disk not ours
