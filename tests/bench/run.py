@@ -25,7 +25,7 @@ or waits for a CPU others hold), and the time lost, as `raw_latency_machine_stal
 orchestrator's window also the orchestrator and its PostgreSQL backends.
 
 Each latency window also runs beside a disk probe (tests/bench/disk_probe.py), when the
-database's disk is on this machine: the intervals in which the disk's completed requests of
+database server runs on this machine: the intervals in which the disk's completed requests of
 one kind had waited 10 ms or more on average (a stall that held every commit), as
 `raw_latency_disk` and `latency_disk`, and how many of the window's signals over 10 ms waited
 across one, as `raw_latency_over_10ms` and `latency_over_10ms`; and the ms of each window in
