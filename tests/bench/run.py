@@ -306,9 +306,13 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
                 if name in cpu.seconds
             }
         progress(f"the machine during that window: {probe.result}; CPU in cores: {cpu.cores}")
+        seen_disk = (
+            f"{disk.result['slow']} slow completions (worst {disk.result['worst_ms']} ms)"
+            if disk.result.get("device")
+            else "not probed (not on this machine)"
+        )
         progress(
-            f"the disk: {disk.result.get('slow', 'not probed')} slow completions"
-            f" (worst {disk.result.get('worst_ms', '-')} ms); signals over 10 ms: {result['latency_over_10ms']};"
+            f"the disk: {seen_disk}; signals over 10 ms: {result['latency_over_10ms']};"
             f" ms in which some task waited: {cpu.pressure_ms}"
         )
 
