@@ -7,8 +7,8 @@ requests completed and the milliseconds they waited, by kind (reads, writes, dis
 flushes). Every `every_s` (5 ms) the probe reads those counters; an interval in which the
 requests of one kind that completed had waited `slow_ms` (10) or more on average is a slow
 completion: requests held by a stall that ended in it (by kind, so that one slow flush is not
-averaged away by the quick writes beside it). It only reads the counters: it adds no I/O of its own, and
-~1 % of a core.
+averaged away by the quick writes beside it). It only reads the counters: it adds no I/O of
+its own, and ~1 % of a core.
 
 Run as `python -m tests.bench.disk_probe STAT_PATH`: it probes until its stdin closes, then
 prints one JSON summary after a "ready" line (`DiskProbe` starts and stops it around a window).
