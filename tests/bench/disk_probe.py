@@ -22,12 +22,13 @@ import ipaddress
 import json
 import os
 import select
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+
+from tests.bench.probe_process import ProbeProcess, module_command
 
 EVERY_S = 0.005
 SLOW_MS = 10.0
@@ -144,7 +145,7 @@ def signals_across(
     return {"over_ms": over_ms, "signals": len(slow), "across_slow_disk": across}
 
 
-class DiskProbe:
+class DiskProbe(ProbeProcess):
     """A probe process around a window: `with DiskProbe(path) as d: …`, then `d.result`.
 
     With no path (the database's disk is not on this machine, or not readable) it probes
@@ -152,33 +153,17 @@ class DiskProbe:
     """
 
     def __init__(self, path: Path | None) -> None:
+        super().__init__(module_command("tests.bench.disk_probe", str(path)), empty={"device": None})
         self.path = path
-        self.result: dict[str, Any] = {"device": None}
-        self._proc: subprocess.Popen[str] | None = None
 
     @property
     def slow_at(self) -> list[float]:
         return [float(at) for at, *_ in self.result.get("slow_at", [])]
 
-    def __enter__(self) -> DiskProbe:
-        if self.path is None:
-            return self
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.bench.disk_probe", str(self.path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self._proc.stdout is not None
-        if self._proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("the disk probe did not start")
+    def __enter__(self) -> Self:
+        if self.path is not None:
+            super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._proc is None:
-            return
-        out, _ = self._proc.communicate("stop\n", timeout=30)
-        self.result = json.loads(out) if self._proc.returncode == 0 and out.strip() else {"device": None}
 
 
 if __name__ == "__main__":

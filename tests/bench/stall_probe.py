@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import select
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from tests.bench.probe_process import ProbeProcess, module_command
 
 WORK_LOOPS = 4000
 SLOW_X = 5.0
@@ -65,29 +66,11 @@ def probe(every_s: float = 0.02) -> dict[str, Any]:
             return summary(calibrated, samples)
 
 
-class Probe:
+class Probe(ProbeProcess):
     """A probe process around a window: `with Probe() as p: …`, then `p.result`."""
 
     def __init__(self) -> None:
-        self.result: dict[str, Any] = {}
-        self._proc: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> Probe:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.bench.stall_probe"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self._proc.stdout is not None
-        if self._proc.stdout.readline().strip() != "ready":  # calibrated: the window may start
-            raise RuntimeError("the stall probe did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._proc is not None
-        out, _ = self._proc.communicate("stop\n", timeout=30)
-        self.result = json.loads(out) if self._proc.returncode == 0 and out.strip() else {}
+        super().__init__(module_command("tests.bench.stall_probe"))
 
 
 if __name__ == "__main__":
