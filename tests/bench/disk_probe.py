@@ -153,7 +153,8 @@ class DiskProbe(ProbeProcess):
     """
 
     def __init__(self, path: Path | None) -> None:
-        super().__init__(module_command("tests.bench.disk_probe", str(path)), empty={"device": None})
+        command = [] if path is None else module_command("tests.bench.disk_probe", str(path))
+        super().__init__(command, empty={"device": None})
         self.path = path
 
     @property

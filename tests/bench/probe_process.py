@@ -1,9 +1,9 @@
 """A probe run as a process of its own beside a measurement window.
 
 The probe (a module run as `python -m MODULE ARGS…`: module_command) prints "ready" once it
-probes, probes until its stdin says anything (or closes), then prints one JSON summary. Its own process keeps
-its timing apart from the bench's event loop. Standard library only: the probe processes
-import this module too.
+probes, probes until its stdin says anything (or closes), then prints one JSON summary. Its own
+process keeps its timing apart from the bench's event loop. Standard library only: the probe
+processes import this module too.
 """
 
 from __future__ import annotations
