@@ -14,8 +14,10 @@ import asyncpg
 import httpx
 import pytest
 
+from services.diagnostics import invariants
 from services.diagnostics.app import asgi_app
 from services.diagnostics.models import RecentSignalsReport
+from shared.db import create_pool
 from shared.streams import StreamNames
 from tests.support.plant import DECISIONS, HOUR, MIN, Plant
 
@@ -257,3 +259,31 @@ async def test_edges_of_the_ranges_are_accepted(client: httpx.AsyncClient) -> No
         {"hours": 720, "limit": 5000, "grace_seconds": 3600},
     ):
         assert (await client.get("/api/diagnostics/recent-signals", params=params)).status_code == 200
+
+
+async def test_the_listing_runs_without_parallel_workers_and_the_connection_keeps_its_setting(
+    database_url: str, plant: Plant
+) -> None:
+    """The list is read with parallel workers off (SET LOCAL), and the pooled connection the
+    report ran on comes back with the server's setting: the next query on it may go parallel."""
+    for status in ("ORDER_PLACED", "ORDER_FAILED"):
+        await plant.signal(status)
+    one = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        default = await one.fetchval("SHOW max_parallel_workers_per_gather")
+        seen: list[str] = []
+        real_fetch = asyncpg.Connection.fetch
+
+        async def fetch(conn: asyncpg.Connection, sql: str, *args: Any, **kw: Any) -> Any:
+            if sql == invariants.SIGNALS_SQL:
+                seen.append(await conn.fetchval("SHOW max_parallel_workers_per_gather"))
+            return await real_fetch(conn, sql, *args, **kw)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(asyncpg.Connection, "fetch", fetch)
+            rep = await invariants.recent_signals(one, invariants.Window(hours=12))
+        assert rep.total == 2 and len(rep.signals) == 2
+        assert seen == ["0"]
+        assert await one.fetchval("SHOW max_parallel_workers_per_gather") == default
+    finally:
+        await one.close()
