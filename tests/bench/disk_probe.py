@@ -120,22 +120,24 @@ def probe(path: Path, every_s: float = EVERY_S, slow_ms: float = SLOW_MS) -> dic
     The file stays open: a sysfs attribute read again from offset 0 is generated afresh.
     """
     fd = os.open(path, os.O_RDONLY)
-    before = parse_counters(os.pread(fd, 4096, 0))
-    print("ready", flush=True)
-    slow: list[tuple[float, str, int, int]] = []
-    samples = 0
-    device = path.resolve().parent.name  # /sys/dev/block/MAJ:MIN links to the device's own name
-    while True:
-        readable, _, _ = select.select([sys.stdin], [], [], every_s)
-        after = parse_counters(os.pread(fd, 4096, 0))
-        samples += 1
-        worst = slowest(completions(before, after))
-        if worst is not None and worst[2] / worst[1] >= slow_ms:
-            slow.append((time.time(), *worst))
-        before = after
-        if readable:
-            os.close(fd)
-            return summary(samples, device, slow, slow_ms)
+    try:
+        before = parse_counters(os.pread(fd, 4096, 0))
+        print("ready", flush=True)
+        slow: list[tuple[float, str, int, int]] = []
+        samples = 0
+        device = path.resolve().parent.name  # /sys/dev/block/MAJ:MIN links to the device's own name
+        while True:
+            readable, _, _ = select.select([sys.stdin], [], [], every_s)
+            after = parse_counters(os.pread(fd, 4096, 0))
+            samples += 1
+            worst = slowest(completions(before, after))
+            if worst is not None and worst[2] / worst[1] >= slow_ms:
+                slow.append((time.time(), *worst))
+            before = after
+            if readable:
+                return summary(samples, device, slow, slow_ms)
+    finally:
+        os.close(fd)
 
 
 def signals_across(
