@@ -74,10 +74,6 @@ async def database_stat_path(database_url: str) -> Path | None:
     return stat_path_for(str(directory))
 
 
-def read_counters(path: Path) -> list[int]:
-    return parse_counters(path.read_bytes())
-
-
 def parse_counters(text: bytes) -> list[int]:
     return [int(field) for field in text.split()]
 

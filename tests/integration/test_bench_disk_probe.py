@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.bench.disk_probe import DiskProbe, database_stat_path, read_counters, served_here, stat_path_for
+from tests.bench.disk_probe import DiskProbe, database_stat_path, parse_counters, served_here, stat_path_for
 
 
 def _write(path: Path, fields: list[int]) -> None:
@@ -53,7 +53,7 @@ def test_a_directory_on_this_machine_has_its_disks_counters(tmp_path: Path) -> N
     if stat is None:  # a filesystem with no block device of its own (tmpfs, overlay)
         assert os.major(os.stat(tmp_path).st_dev) == 0
         return
-    assert len(read_counters(stat)) >= 11
+    assert len(parse_counters(stat.read_bytes())) >= 11
     assert stat_path_for(str(tmp_path / "missing")) is None
 
 
@@ -68,4 +68,4 @@ async def test_the_database_disk_is_the_one_holding_its_data_directory(database_
     found = await database_stat_path(database_url)
     assert found == (stat_path_for(directory) if served_here(address) else None)
     if found is not None:
-        assert len(read_counters(found)) >= 11
+        assert len(parse_counters(found.read_bytes())) >= 11
