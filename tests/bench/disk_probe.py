@@ -13,7 +13,8 @@ CPU in 10 s; opening the file by its path at every reading cost twice that).
 
 Run as `python -m tests.bench.disk_probe STAT_PATH`: it probes until its stdin closes, then
 prints one JSON summary after a "ready" line (`DiskProbe` starts and stops it around a window).
-`signals_across` then tells how many of a window's slow signals waited across one.
+`signals_across` then tells how many of a window's slow signals waited across one, and
+`clear_of_slow_disk` the latency of the signals none came across.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
+from tests.bench.load import percentiles
 from tests.bench.probe_process import ProbeProcess, module_command
 
 EVERY_S = 0.005
@@ -136,21 +138,36 @@ def probe(path: Path, every_s: float = EVERY_S, slow_ms: float = SLOW_MS) -> dic
         os.close(fd)
 
 
+def _across(spans: Sequence[tuple[float, float]], slow_at: Sequence[float]) -> list[bool]:
+    """For each (sent, done) span, whether a slow completion came while it waited: the first at
+    or after its sending came by its end (one probe interval later)."""
+    ordered = sorted(slow_at)
+    firsts = (bisect.bisect_left(ordered, sent) for sent, _ in spans)
+    return [
+        i < len(ordered) and ordered[i] <= done + EVERY_S for (_, done), i in zip(spans, firsts, strict=True)
+    ]
+
+
 def signals_across(
     spans: Iterable[tuple[float, float]], slow_at: Sequence[float], *, over_ms: float = 10.0
 ) -> dict[str, Any]:
     """Of the signals whose (sent, done) span is over `over_ms`, how many waited across a slow
     completion: one that came between their sending and their end (one probe interval later)."""
-    ordered = sorted(slow_at)
     slow = [(sent, done) for sent, done in spans if (done - sent) * 1000 > over_ms]
-    # The first slow completion at or after the signal was sent: across if it came by its end.
-    firsts = (bisect.bisect_left(ordered, sent) for sent, _ in slow)
-    across = sum(
-        1
-        for (_, done), i in zip(slow, firsts, strict=True)
-        if i < len(ordered) and ordered[i] <= done + EVERY_S
-    )
-    return {"over_ms": over_ms, "signals": len(slow), "across_slow_disk": across}
+    return {"over_ms": over_ms, "signals": len(slow), "across_slow_disk": sum(_across(slow, slow_at))}
+
+
+def clear_of_slow_disk(spans: Iterable[tuple[float, float]], slow_at: Sequence[float]) -> dict[str, Any]:
+    """The latency percentiles of the signals no slow completion came across, and how many did.
+
+    What the pipeline answers with the disk out of the way: the signals left out waited on a
+    disk that held its writes (every commit waits for its WAL flush), whatever the code.
+    A reading beside the window's own percentiles, never instead of them.
+    """
+    spans = list(spans)
+    across = _across(spans, slow_at)
+    clear = [(done - sent) * 1000 for (sent, done), out in zip(spans, across, strict=True) if not out]
+    return {**percentiles(clear), "signals": len(clear), "left_out": len(spans) - len(clear)}
 
 
 class DiskProbe(ProbeProcess):

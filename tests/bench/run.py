@@ -57,7 +57,7 @@ from shared.embedded import free_port
 from shared.redis import create_redis
 from shared.streams import GROUP_NOTIFIER, StreamNames
 from tests.bench import bench_orchestrator, bench_telegram, raw_baseline
-from tests.bench.disk_probe import DiskProbe, database_stat_path, signals_across
+from tests.bench.disk_probe import DiskProbe, clear_of_slow_disk, database_stat_path, signals_across
 from tests.bench.load import (
     CpuWindow,
     backend_pids,
@@ -268,6 +268,7 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
         result["raw_latency_machine_stalls"] = probe.result
         result["raw_latency_disk"] = disk.result
         result["raw_latency_over_10ms"] = signals_across(raw_spans, disk.slow_at)
+        result["raw_latency_clear_of_slow_disk_ms"] = clear_of_slow_disk(raw_spans, disk.slow_at)
         result["raw_latency_cpu_cores"] = cpu.cores
         result["raw_latency_pressure_ms"] = cpu.pressure_ms
 
@@ -296,6 +297,7 @@ async def bench(redis_url: str, database_url: str, work: Path) -> dict[str, Any]
         result["latency_machine_stalls"] = probe.result
         result["latency_disk"] = disk.result
         result["latency_over_10ms"] = signals_across(spans, disk.slow_at)
+        result["latency_clear_of_slow_disk_ms"] = clear_of_slow_disk(spans, disk.slow_at)
         result["latency_cpu_cores"] = cpu.cores
         result["latency_pressure_ms"] = cpu.pressure_ms
         result["latency_batches"] = batches

@@ -41,7 +41,7 @@ from shared.db import migrate
 from shared.redis import create_redis
 from shared.streams import StreamNames
 from tests.bench import bench_orchestrator
-from tests.bench.disk_probe import DiskProbe, database_stat_path, signals_across
+from tests.bench.disk_probe import DiskProbe, clear_of_slow_disk, database_stat_path, signals_across
 from tests.bench.load import delete_keys, percentiles, progress, run_loop
 from tests.bench.run import _wait_decided, _write_out, service_env
 from tests.support import servers
@@ -196,6 +196,7 @@ async def measure(
         until = time.time()
         result["latency_disk"] = disk.result
         result["latency_over_10ms"] = signals_across(spans, disk.slow_at)
+        result["latency_clear_of_slow_disk_ms"] = clear_of_slow_disk(spans, disk.slow_at)
     finally:
         code = proc.terminate()
         await redis.aclose()

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from tests.bench.disk_probe import completions, served_here, signals_across, slowest, summary
+from tests.bench.disk_probe import (
+    clear_of_slow_disk,
+    completions,
+    served_here,
+    signals_across,
+    slowest,
+    summary,
+)
 
 #            reads (ios, merges, sectors, ms) | writes (same)   | in flight, io ms, queue ms | discards (same)  | flushes, ms
 BEFORE = [10, 0, 80, 5, 100, 3, 800, 40, 1, 900, 950, 2, 0, 16, 1, 50, 7]
@@ -51,6 +58,23 @@ def test_a_slow_signal_counts_as_across_a_slow_completion_that_came_while_it_wai
     assert signals_across(spans, [10.040, 10.133]) == {"over_ms": 10.0, "signals": 4, "across_slow_disk": 3}
     assert signals_across(spans, []) == {"over_ms": 10.0, "signals": 4, "across_slow_disk": 0}
     assert signals_across(spans, [10.040], over_ms=40) == {"over_ms": 40, "signals": 1, "across_slow_disk": 1}
+
+
+def test_the_latency_clear_of_the_disk_leaves_out_every_signal_a_slow_completion_came_across() -> None:
+    spans = [
+        (10.000, 10.050),  # 50 ms, the completion at 10.040 within it: left out
+        (10.030, 10.037),  # 7 ms, 10.040 within one probe interval after: left out, fast as it was
+        (10.041, 10.045),  # 4 ms, sent after it, none after: kept
+        (11.000, 11.020),  # 20 ms, no completion near it: kept
+        (11.100, 11.103),  # 3 ms: kept
+    ]
+    clear = clear_of_slow_disk(spans, [10.040])
+    assert (clear["signals"], clear["left_out"]) == (3, 2)
+    assert (clear["p50"], clear["max"]) == (4.0, 20.0)
+    everything = clear_of_slow_disk(spans, [])
+    assert (everything["signals"], everything["left_out"], everything["max"]) == (5, 0, 50.0)
+    assert clear_of_slow_disk([(1.0, 1.2)], [1.1])["signals"] == 0  # none clear: no percentiles
+    assert clear_of_slow_disk([(1.0, 1.2)], [1.1])["left_out"] == 1
 
 
 def test_only_a_server_on_a_unix_socket_or_a_loopback_address_is_on_this_machine() -> None:
