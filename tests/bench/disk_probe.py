@@ -161,7 +161,8 @@ def clear_of_slow_disk(spans: Iterable[tuple[float, float]], slow_at: Sequence[f
     """The latency percentiles of the signals no slow completion came across, and how many did.
 
     What the pipeline answers with the disk out of the way: the signals left out waited on a
-    disk that held its writes (every commit waits for its WAL flush), whatever the code.
+    disk that held its writes (every commit waits for its WAL flush), whatever the code. Nearly:
+    a signal sent just after a stall, which waits behind the backlog it left, stays in.
     A reading beside the window's own percentiles, never instead of them.
     """
     spans = list(spans)
