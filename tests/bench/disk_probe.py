@@ -30,7 +30,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-from tests.bench.load import percentiles
 from tests.bench.probe_process import ProbeProcess, module_command
 
 EVERY_S = 0.005
@@ -165,6 +164,10 @@ def clear_of_slow_disk(spans: Iterable[tuple[float, float]], slow_at: Sequence[f
     a signal sent just after a stall, which waits behind the backlog it left, stays in.
     A reading beside the window's own percentiles, never instead of them.
     """
+    # Imported here: the probe process runs this module, and load's imports (redis, pydantic)
+    # would cost it ~0.3 s of CPU at every start for nothing it uses.
+    from tests.bench.load import percentiles
+
     spans = list(spans)
     across = _across(spans, slow_at)
     clear = [(done - sent) * 1000 for (sent, done), out in zip(spans, across, strict=True) if not out]
