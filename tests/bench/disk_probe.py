@@ -171,7 +171,9 @@ def clear_of_slow_disk(spans: Iterable[tuple[float, float]], slow_at: Sequence[f
     spans = list(spans)
     across = _across(spans, slow_at)
     clear = [(done - sent) * 1000 for (sent, done), out in zip(spans, across, strict=True) if not out]
-    return {**percentiles(clear), "signals": len(clear), "left_out": len(spans) - len(clear)}
+    counts = {"signals": len(clear), "left_out": len(spans) - len(clear)}
+    # None clear (a window the disk held throughout): counts only, no NaN in the JSON.
+    return {**percentiles(clear), **counts} if clear else counts
 
 
 class DiskProbe(ProbeProcess):
