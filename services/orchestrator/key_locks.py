@@ -24,9 +24,12 @@ A session lock outlives a failed statement, so on a failure the locks are releas
 error propagates; when the connection cannot be trusted (cancelled mid-statement, broken), it is
 closed instead, which releases them as surely.
 
-The function and the procedures live in the connection's pg_temp schema, each defined by the
-first call that needs it on that connection (so each orchestrator runs its own version of
-them). Behind a pooler, this needs session pooling, as asyncpg's prepared statements already do.
+The function and the procedures live in the connection's pg_temp schema (so each orchestrator
+runs its own version of them). KeyLocks defines each on a session before its first call there,
+so no call fails for want of it (a failed call would put an ERROR line in PostgreSQL's log); a
+call that still finds it missing (a new session that took a closed one's process id, or a
+connection used outside KeyLocks) defines it then and calls again. Behind a pooler, this needs
+session pooling, as asyncpg's prepared statements already do.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -111,8 +114,8 @@ async def lock_and_read(conn: asyncpg.Connection, read: BatchRead) -> BatchState
     try:
         rows = await conn.fetch(CALL_SQL, *args)
     except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError):
-        # This connection's first batch: pg_temp (or the function in it) is not there yet.
-        # The call failed before it ran, so it took no lock.
+        # A session KeyLocks has not defined it on: pg_temp (or the function in it) is not
+        # there yet. The call failed before it ran, so it took no lock.
         await conn.execute(DEFINE_FUNCTION_SQL)
         rows = await conn.fetch(CALL_SQL, *args)
     return batch_state_of(rows)
@@ -149,23 +152,35 @@ class KeyLocks:
         self._releasing: set[asyncio.Task[None]] = set()
         # Connections whose locks commit_and_release has let go: back to the pool as they are.
         self._released: set[asyncpg.Connection] = set()
+        # (server process id, pg_temp routine): defined on that session by this object.
+        self._defined: set[tuple[int, str]] = set()
+
+    async def _define_once(
+        self, conn: asyncpg.Connection, name: str, define: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Run `define` on conn unless this object has already defined `name` on its session."""
+        key = (conn.get_server_pid(), name)
+        if key not in self._defined:
+            await define()
+            self._defined.add(key)
 
     async def commit_and_release(self, conn: asyncpg.Connection, sql: str, *args: Any) -> None:
         """Run `sql` (a statement that returns no rows) on conn, commit it, then let every key
         lock of conn's session go: one round trip, by a procedure wrapping the statement.
 
         Only on a connection from connection(), outside a transaction block, as the batch's
-        last statement. The procedure is defined on the connection's first call for each
+        last statement. The procedure is defined before the connection's first call for each
         statement text, so `sql` is one of a fixed few (its values come as parameters). Should
         the statement fail, nothing of it is committed and the locks are still held:
         connection() releases them before the error propagates, as for any failure.
         """
         name = _procedure_name(sql)
         call = f"CALL {name}({', '.join(f'${i}' for i in range(1, len(args) + 1))})"
+        await self._define_once(conn, name, lambda: _define_procedure(conn, name, sql))
         try:
             await conn.execute(call, *args)
         except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError):
-            # This connection's first call of this statement: the CALL failed before it ran.
+            # A session this object has not defined it on: the CALL failed before it ran.
             await _define_procedure(conn, name, sql)
             await conn.execute(call, *args)
         self._released.add(conn)
@@ -182,6 +197,7 @@ class KeyLocks:
         """
         conn = await self.pool.acquire()
         try:
+            await self._define_once(conn, FUNCTION, lambda: conn.execute(DEFINE_FUNCTION_SQL))
             yield conn
         except BaseException as exc:
             self._released.discard(conn)

@@ -238,7 +238,8 @@ async def test_commit_and_release_commits_the_statement_and_lets_the_keys_go_in_
         conn.remove_query_logger(logged)
     # Back in the pool at once: no release was left to run.
     assert not locks._releasing
-    assert sum(q.startswith("CALL ") for q in statements) == 3  # the first CALL found no procedure
+    # The procedure is defined once, before the first CALL, which therefore finds it.
+    assert sum(q.startswith("CALL ") for q in statements) == 2
     assert sum(q.startswith("CREATE OR REPLACE PROCEDURE") for q in statements) == 1
     assert not any("pg_advisory_unlock_all" in q for q in statements if not q.startswith("CREATE"))
 
@@ -265,3 +266,43 @@ async def test_commit_and_release_refuses_a_statement_holding_its_body_quote(poo
     async with pool.acquire() as conn:
         with pytest.raises(ValueError, match="cannot hold"):
             await locks.commit_and_release(conn, "SELECT '$intentflow_commit$'")
+
+
+async def test_a_new_connections_first_batch_fails_no_statement(pool: asyncpg.Pool) -> None:
+    """Nothing for PostgreSQL to log as an ERROR: the routines are there before their calls."""
+    await pool.execute("CREATE TABLE IF NOT EXISTS key_locks_probe (n int PRIMARY KEY, at timestamptz)")
+    locks = key_locks.KeyLocks(pool)
+    failed: list[str] = []
+
+    def logged(record: Any) -> None:
+        if record.exception is not None:
+            failed.append(f"{record.query}: {record.exception!r}")
+
+    for n in (11, 12):  # the pool's sessions are new: they have never seen the routines
+        async with locks.connection() as conn:
+            conn.add_query_logger(logged)
+            await _read(conn, [signal()])
+            await locks.commit_and_release(conn, "INSERT INTO key_locks_probe (n) VALUES ($1)", n)
+            conn.remove_query_logger(logged)
+    assert failed == []
+    assert await pool.fetchval("SELECT count(*) FROM key_locks_probe WHERE n IN (11, 12)") == 2
+
+
+async def test_a_session_that_lost_its_routines_defines_them_again(pool: asyncpg.Pool) -> None:
+    """As a new session that took a closed one's process id would: the call fails, took no
+    lock, and the routine is defined and called again."""
+    await pool.execute("CREATE TABLE IF NOT EXISTS key_locks_probe (n int PRIMARY KEY, at timestamptz)")
+    locks = key_locks.KeyLocks(pool)
+    insert = "INSERT INTO key_locks_probe (n) VALUES ($1)"
+    async with locks.connection() as conn:
+        pid = conn.get_server_pid()
+        await _read(conn, [signal()])
+        await locks.commit_and_release(conn, insert, 21)
+    async with locks.connection() as conn:
+        assert conn.get_server_pid() == pid  # the pool's one idle connection, as the test needs
+        await conn.execute("DISCARD TEMP")  # the function and the procedure are gone
+        await _read(conn, [signal()])
+        assert await _held_by(pool, pid) != []
+        await locks.commit_and_release(conn, insert, 22)
+        assert await _held_by(pool, pid) == []
+    assert await pool.fetchval("SELECT count(*) FROM key_locks_probe WHERE n IN (21, 22)") == 2
