@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +247,24 @@ def test_dockerfile_small_non_root_cached_with_a_healthcheck() -> None:
     assert 'CMD ["run", "orchestrator"]' in instructions
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert {".env", ".venv", ".git", ".intentflow"} <= set(ignored)
+
+
+def test_the_image_holds_every_file_the_package_build_names() -> None:
+    """`pip install --no-deps .` in the image reads the readme and license files pyproject.toml
+    names: each is copied in before that install and not kept out by .dockerignore."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    named = [project["readme"], *project.get("license-files", [])]
+    assert "LICENSE" in named and (ROOT / "LICENSE").is_file()
+    lines = [line.strip() for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines()]
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    install = instructions.index("RUN pip install --no-deps .")
+    copied = {
+        source
+        for line in instructions[:install]
+        if line.startswith("COPY ") and "--from" not in line
+        for source in line.split()[1:-1]
+    }
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    for name in named:
+        assert name in copied, f"{name} is not copied into the image before the install"
+        assert name not in ignored, f".dockerignore keeps {name} out of the build context"
