@@ -124,9 +124,10 @@ def json_default(value: Any) -> str:
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Release a connection to the pool as it is (asyncpg has already ended any transaction).
 
-    No service leaves session state behind (no SET, LISTEN or cursors; the orchestrator's
-    session advisory locks are released, or their connection closed, before the connection
-    is released: services/orchestrator/key_locks.py), so asyncpg's default reset, one more
+    No service leaves session state behind (no SET, LISTEN or cursors; the orchestrator's and
+    the notifier's session advisory locks are released, or their connection closed, before
+    the connection is released: services/orchestrator/key_locks.py,
+    services/notifier/notices.py), so asyncpg's default reset, one more
     round trip of `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` per release,
     is skipped.
     """

@@ -55,7 +55,7 @@ class NotifierApp:
                 except TelegramError as exc:
                     log.warning("telegram not reachable yet; messages wait and retry", error=str(exc))
             notifier = Notifier(pool=pool, sender=sender, chat_id=chat_id, stop=stop)
-            desk = NoticeDesk(pool=pool, sender=sender, chat_id=chat_id)
+            desk = NoticeDesk(pool=pool, sender=sender, chat_id=chat_id, stop=stop)
             consumers = [
                 self._consumer(redis, names, names.signals, SignalEmitted, notifier.on_signals),
                 self._consumer(redis, names, names.order_decisions, OrderDecided, notifier.on_decisions),

@@ -1,21 +1,28 @@
 """Operator notices (watchdog alerts, RESOLVED, brake switches, command replies): sent once each.
 
 A notice is recorded in telegram_messages with its own kind (ALERT, RESOLVED, BRAKE, REPLY),
-signal_id NULL and its notice_id in context_json. Sending holds a transaction-scoped lock on
-the notice_id and checks for its row first, so a redelivered notice, or one two notifiers
-race on, goes out once; a unique index on the notice_id backs that up.
+signal_id NULL and its notice_id in context_json. Sending holds a session advisory lock on the
+notice_id and checks for its row first, so a redelivered notice, or one two notifiers race on,
+goes out once; a unique index on the notice_id backs that up. No transaction stays open while
+Telegram is asked (a send may wait out 429s and outages for minutes, and a server's
+idle_in_transaction_session_timeout would end the session under it): the check and the record
+are statements of their own, and once Telegram has the notice only its record is retried
+through a database outage, never the send.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from services.notifier import messages
-from services.notifier.telegram import DeliveryStopped, MessageSender
-from shared.consumer import Delivery, RetryLater
+from services.notifier.telegram import DeliveryStopped, MessageSender, SendResult
+from shared.consumer import Delivery, RetryLater, retry_outages
 from shared.events import NoticeKind, OperatorNotice
 from shared.logging import get_logger
 
@@ -68,6 +75,7 @@ class NoticeDesk:
     pool: asyncpg.Pool
     sender: MessageSender
     chat_id: str
+    stop: asyncio.Event | None = None
 
     async def on_notices(self, batch: list[Delivery[OperatorNotice]]) -> None:
         """Send every notice of a batch not sent before, in order."""
@@ -84,8 +92,7 @@ class NoticeDesk:
         chat_id = notice.chat_id or self.chat_id
         text = messages.truncate(notice_text(notice))
         kind = RECORD_KINDS[notice.kind]
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 3))", notice_id)
+        async with self.pool.acquire() as conn, _notice_lock(conn, notice_id):
             if await _recorded(conn, notice_id):
                 log.info("notice already sent; not sending it again", notice_id=notice_id, kind=kind)
                 return False
@@ -93,10 +100,26 @@ class NoticeDesk:
                 result = await self.sender.send(chat_id, text)
             except DeliveryStopped as exc:
                 raise RetryLater(str(exc)) from None
-            context: dict[str, Any] = {"notice_id": notice_id, "notice": notice.model_dump(mode="json")}
-            if not result.delivered:
-                context["error"] = result.permanent_error or "refused"
-            await conn.execute(
+            await self._record(notice, kind, chat_id, text, result)
+        if result.delivered:
+            log.info("operator notice sent", notice_id=notice_id, kind=kind, chat_id=chat_id)
+        else:
+            log.error(
+                "operator notice UNDELIVERED", notice_id=notice_id, kind=kind, error=result.permanent_error
+            )
+        return True
+
+    async def _record(
+        self, notice: OperatorNotice, kind: str, chat_id: str, text: str, result: SendResult
+    ) -> None:
+        """Record what Telegram was asked; through a database outage retry the record alone."""
+        notice_id = str(notice.notice_id)
+        context: dict[str, Any] = {"notice_id": notice_id, "notice": notice.model_dump(mode="json")}
+        if not result.delivered:
+            context["error"] = result.permanent_error or "refused"
+
+        async def insert() -> None:
+            await self.pool.execute(
                 "INSERT INTO telegram_messages (signal_id, kind, chat_id, message, blocked,"
                 " telegram_message_id, context_json) VALUES (NULL, $1, $2, $3, $4, $5, $6)",
                 kind,
@@ -106,13 +129,47 @@ class NoticeDesk:
                 result.message_id,
                 context,
             )
-        if result.delivered:
-            log.info("operator notice sent", notice_id=notice_id, kind=kind, chat_id=chat_id)
-        else:
-            log.error(
-                "operator notice UNDELIVERED", notice_id=notice_id, kind=kind, error=result.permanent_error
+
+        def outage(exc: BaseException) -> None:
+            log.warning(
+                "recording a sent notice failed; retrying the record only",
+                notice_id=notice_id,
+                error=type(exc).__name__,
             )
-        return True
+
+        await retry_outages(insert, self.stop, on_outage=outage)
+
+
+@contextlib.asynccontextmanager
+async def _notice_lock(conn: asyncpg.Connection, notice_id: str) -> AsyncIterator[None]:
+    """Hold the notice's session advisory lock on conn, outside any transaction.
+
+    The pool hands connections back as they are (shared/db.py), so the lock is let go here; a
+    session that could not let it go is closed, and the lock goes with it.
+    """
+    await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 3))", notice_id)
+    try:
+        yield
+    finally:
+        try:
+            await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 3))", notice_id)
+        except Exception as exc:
+            # The session ended (its lock with it) or cannot be trusted to have let go: close it.
+            _close(conn)
+            log.warning(
+                "letting a notice's lock go failed; its session is closed",
+                notice_id=notice_id,
+                error=type(exc).__name__,
+            )
+        except BaseException:
+            _close(conn)
+            raise
+
+
+def _close(conn: asyncpg.Connection) -> None:
+    """Close a session at once; one the pool already took back (it saw the session end) is gone."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
 
 
 async def _recorded(conn: asyncpg.Connection, notice_id: str) -> bool:
